@@ -1,0 +1,148 @@
+"""What a run reports: ``metrics.jsonl`` lines, TensorBoard scalars/images, window statistics.
+
+``RUN/metrics.jsonl`` has one JSON object per line. A training line (every ``train.log_every``
+steps) is::
+
+    {"step": 1000,                 # optimizer steps done
+     "window": 50,                 # steps aggregated in this line
+     "loss": 0.031,                # mean total loss (the balancer's scalar) over the window
+     "loss_mean": 0.030,           # mean per-sample loss over the window (comparable across methods)
+     "cluster_losses": [...k],     # mean per-cluster loss L_i over the window (null if never present)
+     "counts": [...k],             # samples per cluster summed over the window (all processes)
+     "weights": [...k],            # the balancer's weights at the last step of the window
+     "balancer": {...},            # the balancer's record() at the last step
+     "lr": 1e-4, "grad_norm": 0.8, # at the last step (grad_norm before clipping)
+     "it_per_s": 12.3, "img_per_s": 1574.4, "time": 81.2}   # time: training seconds so far
+
+An evaluation line is ``{"step": 1000, "eval": {"fid": ..., "n": ..., ...}}``. Non-finite numbers
+are written as ``null`` so that every line is strict JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import atomic_write_text
+
+__all__ = ["MetricsLog", "TensorBoardLog", "WindowStats", "json_safe"]
+
+
+def json_safe(x: Any) -> Any:
+    """Numbers, lists and dicts with NaN/inf as None, tensors/arrays as lists."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+        x = x.item() if x.ndim == 0 else x.tolist()
+    if isinstance(x, np.ndarray):
+        x = x.tolist()
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x
+
+
+class WindowStats:
+    """Accumulates per-step values between two log lines."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps = 0
+        self.loss_sum = 0.0
+        self.mean_sum = 0.0
+        self.cl_sum = np.zeros(self.k)
+        self.cl_n = np.zeros(self.k)
+        self.counts = np.zeros(self.k, dtype=np.int64)
+
+    def add(
+        self, loss: float, loss_mean: float, cluster_losses: np.ndarray, counts: np.ndarray
+    ) -> None:
+        self.steps += 1
+        self.loss_sum += loss
+        self.mean_sum += loss_mean
+        present = counts > 0
+        self.cl_sum[present] += cluster_losses[present]
+        self.cl_n[present] += 1
+        self.counts += counts.astype(np.int64)
+
+    def summary(self) -> dict[str, Any]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cl = np.where(self.cl_n > 0, self.cl_sum / np.maximum(self.cl_n, 1), np.nan)
+        n = max(self.steps, 1)
+        return {
+            "window": self.steps,
+            "loss": self.loss_sum / n,
+            "loss_mean": self.mean_sum / n,
+            "cluster_losses": cl.tolist(),
+            "counts": self.counts.tolist(),
+        }
+
+
+class MetricsLog:
+    """Appends JSON lines to ``metrics.jsonl`` (flushed per line, so a crash loses nothing)."""
+
+    def __init__(self, path: str | Path, resume_step: int | None = None) -> None:
+        self.path = Path(path)
+        if resume_step is not None and self.path.exists():
+            # Lines written after the checkpoint we resume from describe steps that will be
+            # redone; drop them so the file reads as one consistent run.
+            kept = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    if int(json.loads(line).get("step", 0)) <= resume_step:
+                        kept.append(line)
+                except (ValueError, AttributeError):
+                    continue  # a line cut short by a crash
+            atomic_write_text(self.path, "".join(s + "\n" for s in kept))
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        self._f = self.path.open("a", buffering=1)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+
+    def close(self) -> None:
+        self._f.close()
+
+    @staticmethod
+    def read(path: str | Path) -> list[dict[str, Any]]:
+        return [json.loads(s) for s in Path(path).read_text().splitlines() if s.strip()]
+
+
+class TensorBoardLog:
+    """Scalars and images under ``RUN/tb`` (events after a resumed step are purged)."""
+
+    def __init__(self, logdir: str | Path, purge_step: int | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(logdir), purge_step=purge_step)
+
+    def scalars(self, step: int, values: dict[str, Any], prefix: str = "") -> None:
+        for name, v in values.items():
+            tag = f"{prefix}{name}"
+            if isinstance(v, dict):
+                self.scalars(step, v, tag + "/")
+            elif isinstance(v, (list, tuple)):
+                for i, x in enumerate(v):
+                    if isinstance(x, (int, float)) and x is not None and math.isfinite(x):
+                        self.writer.add_scalar(f"{tag}/{i}", x, step)
+            elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                self.writer.add_scalar(tag, v, step)
+
+    def image(self, tag: str, image_hwc: np.ndarray, step: int) -> None:
+        self.writer.add_image(tag, image_hwc, step, dataformats="HWC")
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
