@@ -4,7 +4,13 @@ The core (this package's top level, :mod:`antdiff.mtl`, :mod:`antdiff.analysis` 
 never imports the trainer or the CLI.
 """
 
-from .clustering import COST_NAMES, TaskClusters, cluster_timesteps, interval_cluster, make_interval_cost
+from .clustering import (
+    COST_NAMES,
+    TaskClusters,
+    cluster_timesteps,
+    interval_cluster,
+    make_interval_cost,
+)
 from .sampling import SAMPLING_MODES, TimestepBatch, TimestepSampler
 from .schedule import SCHEDULE_NAMES, NoiseSchedule
 

@@ -103,7 +103,9 @@ class TimestepSampler:
 
     def __init__(self, clusters: TaskClusters, mode: SamplingMode | str = "stratified") -> None:
         if mode not in SAMPLING_MODES:
-            raise ValueError(f"unknown sampling mode {mode!r}; choose one of {', '.join(SAMPLING_MODES)}")
+            raise ValueError(
+                f"unknown sampling mode {mode!r}; choose one of {', '.join(SAMPLING_MODES)}"
+            )
         self.clusters = clusters
         self.mode: str = mode
         self._starts = torch.as_tensor(clusters.starts)

@@ -184,7 +184,9 @@ class NoiseSchedule:
         """A diffusers ``DDPMScheduler`` with exactly these betas (``trained_betas``)."""
         from diffusers import DDPMScheduler
 
-        return DDPMScheduler(num_train_timesteps=self.num_timesteps, trained_betas=self.betas.tolist())
+        return DDPMScheduler(
+            num_train_timesteps=self.num_timesteps, trained_betas=self.betas.tolist()
+        )
 
     def to_dict(self) -> dict[str, Any]:
         if self.name in SCHEDULE_NAMES:

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``antdiff`` CLI (upper layer; the core never imports these)."""
