@@ -11,15 +11,25 @@ from .affinity import (
     loss_fn_from_objective,
     task_affinity,
 )
+from .hybrid import TimestepSwitchingDenoiser
+from .logs import TrainingLog, read_training_log
+from .ntg import FIDMeasurement, NTGRow, NTGTable, compute_ntg
 from .sketch import CountSketch
 
 __all__ = [
     "AFFINITY_MODES",
     "DEFAULT_SKETCH_DIM",
     "CountSketch",
+    "FIDMeasurement",
+    "NTGRow",
+    "NTGTable",
     "TaskAffinity",
     "TimestepBins",
+    "TimestepSwitchingDenoiser",
+    "TrainingLog",
+    "compute_ntg",
     "epsilon_mse_loss",
     "loss_fn_from_objective",
+    "read_training_log",
     "task_affinity",
 ]

@@ -1,0 +1,302 @@
+"""Reading a run's ``metrics.jsonl`` for the MTL-behaviour analysis (the paper's Figure 4):
+per-cluster losses, the balancers' weights (UW's ½e^{−s_i}, Nash's α), PCGrad's gradient
+conflicts per cluster pair, and evaluation (FID) curves.
+
+The trainer writes one training line every ``train.log_every`` steps (window means of the
+losses, the balancer's ``record()`` at the window's last step) and one evaluation line per
+evaluation (see :mod:`antdiff.training.monitor`). A conflict frequency computed here is therefore
+the fraction of *logged* steps at which a pair of cluster gradients had a negative inner product
+— an unbiased sub-sample of all steps. A line cut short by a crash is skipped (and counted).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..clustering import TaskClusters
+
+__all__ = ["TrainingLog", "read_training_log"]
+
+#: balancer-record keys that hold a k×k matrix whose negative off-diagonal entries are conflicts
+_SIGNED_MATRIX_KEYS = ("cosine", "cosines", "cos", "gram", "gramian")
+#: keys that hold a k×k 0/1 (or bool) conflict matrix, or a list of conflicting pairs [i, j]
+_CONFLICT_KEYS = ("conflicts", "conflict_matrix", "conflict_pairs")
+
+
+def _num(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _vec(x: Any, k: int) -> np.ndarray:
+    out = np.full(k, np.nan)
+    if isinstance(x, (list, tuple)):
+        for i, v in enumerate(x[:k]):
+            out[i] = _num(v)
+    return out
+
+
+@dataclass
+class TrainingLog:
+    """The numeric series of one run. Arrays have one row per training line; missing values
+    are NaN. ``evals`` holds ``(step, eval dict)`` of the evaluation lines."""
+
+    path: Path
+    steps: np.ndarray
+    loss: np.ndarray
+    loss_mean: np.ndarray
+    cluster_losses: np.ndarray
+    weights: np.ndarray
+    counts: np.ndarray
+    lr: np.ndarray
+    grad_norm: np.ndarray
+    it_per_s: np.ndarray
+    balancer: list[dict[str, Any]]
+    evals: list[tuple[int, dict[str, Any]]]
+    skipped_lines: int = 0
+    clusters: TaskClusters | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return int(self.cluster_losses.shape[1]) if self.cluster_losses.ndim == 2 else 0
+
+    @property
+    def balancer_name(self) -> str | None:
+        ant = self.config.get("ant", {}) if isinstance(self.config, dict) else {}
+        if ant.get("enabled"):
+            return str(ant.get("balancer"))
+        return None if not ant else "vanilla"
+
+    def __len__(self) -> int:
+        return int(self.steps.size)
+
+    # ---------------------------------------------------------------- balancer series
+    def balancer_series(self, key: str) -> np.ndarray | None:
+        """``[n, k]`` of a per-cluster list in the balancer records (NaN where absent), or
+        ``None`` if no line has it."""
+        if not any(key in b for b in self.balancer):
+            return None
+        return (
+            np.stack([_vec(b.get(key), self.k) for b in self.balancer]) if self.balancer else None
+        )
+
+    def uw_weights(self) -> np.ndarray | None:
+        """UW's ½e^{−s_i} per cluster over training (from ``uw_weights`` or ``log_vars``)."""
+        w = self.balancer_series("uw_weights")
+        if w is not None:
+            return w
+        s = self.balancer_series("log_vars")
+        return None if s is None else 0.5 * np.exp(-s)
+
+    def nash_alpha(self) -> np.ndarray | None:
+        """Nash-MTL's α per cluster over training."""
+        return self.balancer_series("alpha")
+
+    def conflicts(self) -> np.ndarray | None:
+        """``[n, k, k]``: 1 where the two clusters' gradients conflicted (negative inner
+        product) at the logged step, 0 where not, NaN where unknown; ``None`` if the run never
+        logged conflicts (only gradient balancers such as PCGrad can)."""
+        k = self.k
+        if not self.balancer or k < 2:
+            return None
+        out = np.full((len(self.balancer), k, k), np.nan)
+        found = False
+        for n, rec in enumerate(self.balancer):
+            m = _conflict_matrix(rec, k)
+            if m is not None:
+                out[n] = m
+                found = True
+        return out if found else None
+
+    def conflict_frequency(self, window: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(steps, freq[n, k, k])``: fraction of logged steps with a conflict, over a trailing
+        window of ``window`` lines (default: a tenth of the run, at least 1) — the conflict
+        frequency over training."""
+        c = self.conflicts()
+        if c is None:
+            return None
+        n = c.shape[0]
+        w = max(1, n // 10) if window is None else int(window)
+        if w < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        valid = np.isfinite(c)
+        x = np.where(valid, c, 0.0)
+        cs = np.concatenate([np.zeros((1, *c.shape[1:])), np.cumsum(x, axis=0)])
+        cv = np.concatenate([np.zeros((1, *c.shape[1:])), np.cumsum(valid, axis=0)])
+        lo = np.maximum(np.arange(n) + 1 - w, 0)
+        num = cs[np.arange(n) + 1] - cs[lo]
+        den = cv[np.arange(n) + 1] - cv[lo]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            freq = np.where(den > 0, num / np.maximum(den, 1), np.nan)
+        return self.steps, freq
+
+    def conflict_vs_distance(
+        self, clusters: TaskClusters | None = None
+    ) -> dict[str, np.ndarray] | None:
+        """For each cluster pair i < j: the distance of their centres (in timesteps) and the
+        conflict frequency over the whole run."""
+        c = self.conflicts()
+        cl = clusters or self.clusters
+        if c is None or cl is None:
+            return None
+        if cl.k != self.k:
+            raise ValueError(f"the log has k={self.k} clusters but the clusters have k={cl.k}")
+        with np.errstate(invalid="ignore"):
+            total = np.nanmean(c, axis=0) if np.isfinite(c).any() else np.full(c.shape[1:], np.nan)
+        ia, ib = np.triu_indices(self.k, 1)
+        centres = (cl.starts + cl.ends) / 2.0
+        return {
+            "a": ia,
+            "b": ib,
+            "distance": np.abs(centres[ia] - centres[ib]),
+            "frequency": total[ia, ib],
+        }
+
+    # ---------------------------------------------------------------- evaluation
+    def eval_series(self, metric: str = "fid") -> tuple[np.ndarray, np.ndarray]:
+        """Steps and values of one evaluation metric (possibly empty arrays)."""
+        pts = [
+            (s, e[metric])
+            for s, e in self.evals
+            if isinstance(e, dict) and e.get(metric) is not None
+        ]
+        if not pts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        s, v = zip(*pts)
+        return np.asarray(s, dtype=np.int64), np.asarray(v, dtype=np.float64)
+
+    def eval_metrics(self) -> list[str]:
+        names: list[str] = []
+        for _, e in self.evals:
+            for key, v in e.items():
+                if (
+                    isinstance(v, (int, float))
+                    and not isinstance(v, bool)
+                    and key not in names
+                    and key not in ("n", "n_real", "n_gen", "step", "seconds")
+                ):
+                    names.append(key)
+        return names
+
+
+def _conflict_matrix(rec: dict[str, Any], k: int) -> np.ndarray | None:
+    for key in _CONFLICT_KEYS:
+        v = rec.get(key)
+        if v is None:
+            continue
+        a = np.asarray(v, dtype=object)
+        if a.ndim == 2 and a.shape == (k, k):
+            m = np.array([[_num(x) for x in row] for row in v], dtype=np.float64)
+            m = (m > 0).astype(np.float64) * np.where(np.isfinite(m), 1.0, np.nan)
+            np.fill_diagonal(m, np.nan)
+            return m
+        if a.ndim == 2 and a.shape[1] == 2 or (isinstance(v, list) and len(v) == 0):
+            m = np.zeros((k, k))
+            for i, j in v:
+                m[int(i), int(j)] = m[int(j), int(i)] = 1.0
+            np.fill_diagonal(m, np.nan)
+            return m
+    for key in _SIGNED_MATRIX_KEYS:
+        v = rec.get(key)
+        if v is None:
+            continue
+        m = np.array([[_num(x) for x in row] for row in v], dtype=np.float64)
+        if m.shape != (k, k):
+            continue
+        out = np.where(np.isfinite(m), (m < 0).astype(np.float64), np.nan)
+        np.fill_diagonal(out, np.nan)
+        return out
+    return None
+
+
+def read_training_log(run_or_file: str | Path) -> TrainingLog:
+    """Parse ``RUN/metrics.jsonl`` (or the file itself); also reads ``RUN/clusters.json`` and
+    ``RUN/config.yaml`` when present."""
+    p = Path(run_or_file)
+    run = p if p.is_dir() else p.parent
+    f = p / "metrics.jsonl" if p.is_dir() else p
+    if not f.exists():
+        raise ValueError(f"no metrics.jsonl in {str(run)!r}: is it an antdiff run directory?")
+    train: list[dict[str, Any]] = []
+    evals: list[tuple[int, dict[str, Any]]] = []
+    skipped = 0
+    for line in f.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            skipped += 1  # a line cut short by a crash or a concurrent write
+            continue
+        if not isinstance(rec, dict) or "step" not in rec:
+            skipped += 1
+            continue
+        if isinstance(rec.get("eval"), dict):
+            evals.append((int(rec["step"]), rec["eval"]))
+        else:
+            train.append(rec)
+    clusters = None
+    if (run / "clusters.json").exists():
+        try:
+            clusters = TaskClusters.from_json(run / "clusters.json")
+        except Exception:
+            clusters = None
+    config: dict[str, Any] = {}
+    if (run / "config.yaml").exists():
+        import yaml
+
+        try:
+            config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        except yaml.YAMLError:
+            config = {}
+    k = max((len(r.get("cluster_losses") or []) for r in train), default=0)
+    if k == 0 and clusters is not None:
+        k = clusters.k
+
+    def col(key: str) -> np.ndarray:
+        return np.array(
+            [
+                _num(r.get(key)) if not isinstance(r.get(key), (list, dict)) else math.nan
+                for r in train
+            ]
+        )
+
+    def mat(key: str) -> np.ndarray:
+        return np.stack([_vec(r.get(key), k) for r in train]) if train else np.zeros((0, k))
+
+    return TrainingLog(
+        path=f,
+        steps=np.array([int(r["step"]) for r in train], dtype=np.int64),
+        loss=col("loss"),
+        loss_mean=col("loss_mean"),
+        cluster_losses=mat("cluster_losses"),
+        weights=mat("weights"),
+        counts=mat("counts"),
+        lr=col("lr"),
+        grad_norm=col("grad_norm"),
+        it_per_s=col("it_per_s"),
+        balancer=[r.get("balancer") if isinstance(r.get("balancer"), dict) else {} for r in train],
+        evals=evals,
+        skipped_lines=skipped,
+        clusters=clusters,
+        config=config if isinstance(config, dict) else {},
+    )
+
+
+def pair_labels(k: int) -> list[str]:
+    return [f"{i}-{j}" for i, j in zip(*np.triu_indices(k, 1))]
+
+
+def summarise_series(
+    x: np.ndarray, fractions: Sequence[float] = (0.1, 0.5, 1.0)
+) -> list[np.ndarray]:
+    """Rows of ``x`` at fractions of the run (for report tables)."""
+    n = x.shape[0]
+    return [x[min(n - 1, max(0, int(math.ceil(f * n)) - 1))] for f in fractions] if n else []
