@@ -148,8 +148,9 @@ class TrainingLog:
             return None
         if cl.k != self.k:
             raise ValueError(f"the log has k={self.k} clusters but the clusters have k={cl.k}")
-        with np.errstate(invalid="ignore"):
-            total = np.nanmean(c, axis=0) if np.isfinite(c).any() else np.full(c.shape[1:], np.nan)
+        valid = np.isfinite(c)
+        num, den = np.where(valid, c, 0.0).sum(axis=0), valid.sum(axis=0)
+        total = np.where(den > 0, num / np.maximum(den, 1), np.nan)
         ia, ib = np.triu_indices(self.k, 1)
         centres = (cl.starts + cl.ends) / 2.0
         return {

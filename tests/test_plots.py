@@ -1,0 +1,172 @@
+"""MTL-behaviour logs and every figure of antdiff.plots (rendered headless, checked as PNGs)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from antdiff import NoiseSchedule, TaskClusters
+from antdiff import plots as P
+from antdiff.analysis import (
+    FIDMeasurement,
+    TaskAffinity,
+    TimestepBins,
+    compute_ntg,
+    read_training_log,
+)
+
+T = 1000
+K = 4
+SCHEDULE = NoiseSchedule.from_name("linear", T)
+
+
+def _is_png(path) -> bool:
+    data = path.read_bytes()
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+
+
+def write_run(root, balancer: str = "pcgrad", lines: int = 20, corrupt_tail: bool = True):
+    """A run directory as the trainer writes it: config, clusters, metrics with balancer
+    records (UW log-variances, Nash α, PCGrad cosine matrices) and evaluation lines."""
+    root.mkdir(parents=True, exist_ok=True)
+    clusters = TaskClusters.uniform(T, K)
+    (root / "clusters.json").write_text(clusters.to_json())
+    (root / "config.yaml").write_text(f"ant:\n  enabled: true\n  balancer: {balancer}\n  k: {K}\n")
+    out = []
+    for n in range(lines):
+        step = 50 * (n + 1)
+        rec = {"log_vars": [-0.1 * n * i for i in range(K)]}
+        if balancer == "nash":
+            rec = {"alpha": [1.0 + 0.1 * i + 0.01 * n for i in range(K)]}
+        if balancer == "pcgrad":
+            # Pair (0, 3) always conflicts, (0, 2) every other line, the rest never.
+            cos = np.full((K, K), 0.5)
+            np.fill_diagonal(cos, 1.0)
+            cos[0, 3] = cos[3, 0] = -0.2
+            if n % 2 == 0:
+                cos[0, 2] = cos[2, 0] = -0.1
+            rec = {"cosine": cos.tolist()}
+        out.append(
+            json.dumps(
+                {
+                    "step": step,
+                    "loss": 0.1 / (n + 1),
+                    "loss_mean": 0.09 / (n + 1),
+                    "cluster_losses": [0.2 / (i + 1) / (n + 1) for i in range(K - 1)] + [None],
+                    "counts": [32] * K,
+                    "weights": [0.25] * K,
+                    "balancer": rec,
+                    "lr": 1e-4,
+                    "grad_norm": 1.0,
+                    "it_per_s": 10.0,
+                }
+            )
+        )
+        if n % 5 == 4:
+            out.append(
+                json.dumps({"step": step, "eval": {"fid": 100.0 / (n + 1), "n": 500, "floor": 3.0}})
+            )
+    text = "\n".join(out) + "\n"
+    if corrupt_tail:
+        text += '{"step": 99999, "loss": 0.'  # a line cut short by a crash
+    (root / "metrics.jsonl").write_text(text)
+    return root
+
+
+def test_read_training_log(tmp_path):
+    log = read_training_log(write_run(tmp_path / "uw", "uw"))
+    assert len(log) == 20 and log.k == K and log.skipped_lines == 1
+    assert log.clusters == TaskClusters.uniform(T, K) and log.balancer_name == "uw"
+    assert np.isnan(log.cluster_losses[:, -1]).all()  # null -> NaN
+    w = log.uw_weights()
+    np.testing.assert_allclose(w[3], 0.5 * np.exp([0.0, 0.3, 0.6, 0.9]))
+    assert log.nash_alpha() is None and log.conflicts() is None
+    s, f = log.eval_series("fid")
+    assert s.tolist() == [250, 500, 750, 1000] and f[0] == pytest.approx(20.0)
+    assert log.eval_metrics() == ["fid", "floor"]
+
+
+def test_conflict_frequencies_from_pcgrad_records(tmp_path):
+    log = read_training_log(write_run(tmp_path / "pc", "pcgrad"))
+    c = log.conflicts()
+    assert c.shape == (20, K, K) and np.isnan(c[0, 1, 1])
+    steps, freq = log.conflict_frequency(window=4)
+    assert freq[-1, 0, 3] == 1.0 and freq[-1, 1, 2] == 0.0
+    assert freq[-1, 0, 2] == pytest.approx(0.5)
+    assert freq[0, 0, 2] == 1.0  # the window starts with the first line
+    vs = log.conflict_vs_distance()
+    pair = {(a, b): (d, f) for a, b, d, f in zip(vs["a"], vs["b"], vs["distance"], vs["frequency"])}
+    assert pair[(0, 3)] == (750.0, 1.0) and pair[(0, 2)] == (500.0, 0.5) and pair[(0, 1)][1] == 0.0
+
+
+def test_conflict_pairs_and_matrices_are_both_understood(tmp_path):
+    root = tmp_path / "pairs"
+    write_run(root, "uw", lines=2, corrupt_tail=False)
+    lines = [json.loads(s) for s in (root / "metrics.jsonl").read_text().splitlines()]
+    lines[0]["balancer"] = {"conflict_pairs": [[0, 1]]}
+    lines[1]["balancer"] = {"conflicts": [[0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]]}
+    (root / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    c = read_training_log(root).conflicts()
+    assert c[0, 0, 1] == 1 and c[0, 0, 3] == 0 and c[1, 0, 3] == 1 and c[1, 0, 1] == 0
+
+
+def test_missing_run_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no metrics.jsonl"):
+        read_training_log(tmp_path)
+
+
+def test_mtl_behaviour_plots_render(tmp_path):
+    pc = read_training_log(write_run(tmp_path / "pc", "pcgrad"))
+    uw = read_training_log(write_run(tmp_path / "uw", "uw"))
+    nash = read_training_log(write_run(tmp_path / "nash", "nash"))
+    assert _is_png(P.plot_cluster_losses(uw, tmp_path / "f" / "losses.png"))
+    assert _is_png(P.plot_balancer_weights(uw, tmp_path / "f" / "uw.png"))
+    assert _is_png(P.plot_balancer_weights(nash, tmp_path / "f" / "nash.png"))
+    assert _is_png(P.plot_balancer_weights(pc, tmp_path / "f" / "generic.png"))
+    assert _is_png(P.plot_conflicts(pc, tmp_path / "f" / "conflicts.png"))
+    assert _is_png(P.plot_eval_curves({"uw": uw, "pcgrad": pc}, tmp_path / "f" / "fid.png"))
+    with pytest.raises(ValueError, match="conflict"):
+        P.plot_conflicts(uw, tmp_path / "f" / "none.png")
+    with pytest.raises(ValueError, match="kid"):
+        P.plot_eval_curves({"uw": uw}, tmp_path / "f" / "kid.png", metric="kid")
+
+
+def test_affinity_and_ntg_plots_render(tmp_path):
+    i = np.arange(10)
+    A = np.exp(-np.abs(i[:, None] - i[None, :]) / 3.0)
+    A[0, 5] = A[5, 0] = -0.3  # negative cosines switch to a diverging colour map
+    aff = TaskAffinity(
+        A, A[None], np.ones((1, 10)), TimestepBins.uniform(T, 10), "sketch", 4096, 8, 0
+    )
+    assert _is_png(P.plot_affinity(aff, tmp_path / "aff.png", SCHEDULE))
+    assert _is_png(P.plot_affinity(aff, tmp_path / "aff_t.png"))
+    assert _is_png(P.plot_affinity_vs_distance(aff, tmp_path / "aff_d.png", SCHEDULE))
+    single = TaskAffinity(
+        np.eye(3),
+        np.eye(3)[None],
+        np.ones((1, 3)),
+        TimestepBins.singletons([0, 500, 999], T),
+        "exact",
+        None,
+        8,
+        0,
+    )
+    assert _is_png(P.plot_affinity(single, tmp_path / "single.png", SCHEDULE))
+    ms = [
+        FIDMeasurement(10.0, 0, n=100, floor=2.0),
+        FIDMeasurement(9.0, 0, (0, 499)),
+        FIDMeasurement(11.0, 0, (500, 999)),
+    ]
+    t1 = compute_ntg(ms)
+    t2 = compute_ntg(
+        [
+            FIDMeasurement(8.0, 0),
+            FIDMeasurement(8.5, 0, (0, 499)),
+            FIDMeasurement(7.0, 0, (500, 999)),
+        ]
+    )
+    assert _is_png(P.plot_ntg(t1, tmp_path / "ntg1.png"))
+    assert _is_png(P.plot_ntg({"vanilla": t1, "ANT-UW": t2}, tmp_path / "ntg2.png"))
+    assert _is_png(P.plot_clusters(TaskClusters.uniform(T, 5), SCHEDULE, tmp_path / "clusters.png"))
