@@ -72,7 +72,7 @@ def classify_inputs(paths: Sequence[str | Path]) -> ReportInputs:
     for raw in paths:
         p = Path(raw)
         if not p.exists():
-            raise ValueError(f"{str(p)!r} does not exist")
+            raise ValueError(f"input {str(p)!r} does not exist")
         found = False
         if p.is_file():
             if p.suffix == ".npy" and p.with_suffix(".json").exists():
@@ -98,7 +98,7 @@ def classify_inputs(paths: Sequence[str | Path]) -> ReportInputs:
                         found = True
         if not found:
             raise ValueError(
-                f"{str(p)!r} is neither a run directory (metrics.jsonl, config.yaml) nor an "
+                f"input {str(p)!r} is neither a run directory (metrics.jsonl, config.yaml) nor an "
                 "output of antdiff affinity (affinity.json) or antdiff ntg (ntg.json)"
             )
     return out

@@ -400,7 +400,7 @@ class TaskAffinity:
             raise ValueError(f"task-affinity metadata {str(p)!r} does not exist")
         meta = json.loads(p.read_text())
         if meta.get("format") != "antdiff.task_affinity/1":
-            raise ValueError(f"{str(p)!r} is not an antdiff task-affinity file")
+            raise ValueError(f"file {str(p)!r} is not an antdiff task-affinity file")
         stem = p.with_suffix("")
         matrix = np.load(f"{stem}.npy")
         per = (

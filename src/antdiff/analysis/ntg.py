@@ -209,7 +209,7 @@ class NTGTable:
             raise ValueError(f"NTG results {str(p)!r} do not exist")
         d = json.loads(p.read_text())
         if d.get("format") != "antdiff.ntg/1":
-            raise ValueError(f"{str(p)!r} is not an antdiff NTG file")
+            raise ValueError(f"file {str(p)!r} is not an antdiff NTG file")
         ms = [FIDMeasurement.from_dict(m) for m in d.get("measurements", [])]
         if ms:
             table = compute_ntg(ms, [tuple(r["interval"]) for r in d["rows"]])

@@ -1,0 +1,512 @@
+"""The negative-transfer-gap study end to end: specialists, hybrid sampling, FID, the table.
+
+1. **Intervals**: k equal slices (``uniform:5`` — the paper's [1,200] … [801,1000]), a
+   ``clusters.json``, a run's clusters, or explicit ``first-last`` lists.
+2. **Specialists** (:func:`train_specialists`): for each interval I, the joint run's resolved
+   config is copied with ``diffusion.timestep_range: [first, last]`` — same architecture, data,
+   objective, optimiser, batch and number of steps — and trained with ``antdiff train`` in its
+   own run directory (several at once, one process per device; resumable, so a study can be
+   spread over several short jobs). The specialist is a plain learner on I: ``ant.enabled`` is
+   turned off (an MTL balancer over clusters outside I would have nothing to balance).
+   Existing specialist runs can be given instead (:func:`find_specialists`).
+3. **Measurement** (:func:`measure_ntg`): for every sampling seed, the joint model alone and,
+   for every interval and specialist seed, the hybrid (the specialist does the reverse steps
+   whose t lies in I) are sampled with the same sampler, steps and initial noise, and their FID
+   against a reference is computed with :mod:`antdiff.evaluation`. Each FID is appended to
+   ``OUT/measurements*.jsonl`` as soon as it is known, so an interrupted study resumes where it
+   stopped; ``shard=(i, n)`` splits the measurements over n processes/GPUs.
+4. **Table**: :func:`antdiff.analysis.ntg.compute_ntg` pairs each hybrid FID with the joint FID
+   of the same sampling seed and reports the mean ± std per interval, n and the FID floor.
+
+This module is analysis orchestration: it imports the trainer, the data and evaluation packages
+only inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..clustering import TaskClusters
+from .hybrid import TimestepSwitchingDenoiser
+from .ntg import FIDMeasurement, NTGTable, compute_ntg
+
+__all__ = [
+    "NTGSetup",
+    "find_specialists",
+    "load_run_config",
+    "measure_ntg",
+    "parse_intervals",
+    "specialist_config",
+    "specialist_run_dir",
+    "train_specialists",
+]
+
+Interval = tuple[int, int]
+
+
+# ============================================================================ intervals
+def load_run_config(run: str | Path) -> dict[str, Any]:
+    """The resolved ``config.yaml`` of a run directory, as a nested dict."""
+    import yaml
+
+    p = Path(run)
+    f = p / "config.yaml" if p.is_dir() else p
+    if not f.is_file():
+        raise ValueError(f"no config.yaml in {str(p)!r}: is it an antdiff run directory?")
+    cfg = yaml.safe_load(f.read_text())
+    if not isinstance(cfg, dict):
+        raise ValueError(f"config {str(f)!r} is not a YAML mapping")
+    return cfg
+
+
+def parse_intervals(spec: str, num_timesteps: int) -> list[Interval]:
+    """``uniform:K`` | a ``clusters.json`` | a run directory (its clusters) |
+    ``first-last,first-last,...`` (0-indexed, inclusive; need not cover every t)."""
+    s = str(spec).strip()
+    if s.startswith("uniform:"):
+        try:
+            k = int(s.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(
+                f"bad interval spec {spec!r}; write uniform:K, e.g. uniform:5"
+            ) from None
+        return list(TaskClusters.uniform(num_timesteps, k).intervals)
+    p = Path(s)
+    if p.is_dir():
+        p = p / "clusters.json"
+    if p.suffix == ".json" or p.exists():
+        if not p.is_file():
+            raise ValueError(f"interval file {str(p)!r} does not exist")
+        cl = TaskClusters.from_json(p)
+        if cl.num_timesteps != num_timesteps:
+            raise ValueError(
+                f"file {str(p)!r} has clusters for T={cl.num_timesteps}, the joint model has T={num_timesteps}"
+            )
+        return list(cl.intervals)
+    out: list[Interval] = []
+    for part in s.split(","):
+        try:
+            a, b = (int(v) for v in part.strip().split("-"))
+        except ValueError:
+            raise ValueError(
+                f"bad interval {part!r} in {spec!r}; use uniform:K, a clusters.json, a run "
+                "directory, or first-last pairs such as 0-199,800-999 (0-indexed, inclusive)"
+            ) from None
+        if not 0 <= a <= b < num_timesteps:
+            raise ValueError(f"interval {a}-{b} is not inside [0, {num_timesteps - 1}]")
+        out.append((a, b))
+    out.sort()
+    for (a, b), (c, d) in zip(out, out[1:]):
+        if c <= b:
+            raise ValueError(f"intervals {a}-{b} and {c}-{d} overlap")
+    return out
+
+
+# ============================================================================ specialists
+def specialist_run_dir(root: str | Path, interval: Interval, seed: int) -> Path:
+    return Path(root) / f"specialist_{interval[0]:04d}-{interval[1]:04d}_seed{seed}"
+
+
+def specialist_config(
+    joint_config: Mapping[str, Any],
+    interval: Interval,
+    run_dir: str | Path,
+    seed: int | None = None,
+    steps: int | None = None,
+) -> dict[str, Any]:
+    """The joint run's resolved config, restricted to ``interval``: same model, data, objective,
+    optimiser, batch and (unless ``steps``) number of steps; no ANT balancer; no periodic FID."""
+    cfg = copy.deepcopy(dict(joint_config))
+    for section in ("run", "diffusion", "ant", "train"):
+        cfg.setdefault(section, {})
+    T = int(cfg["diffusion"].get("num_timesteps", 1000))
+    a, b = int(interval[0]), int(interval[1])
+    if not 0 <= a <= b < T:
+        raise ValueError(f"interval {interval} is not inside [0, {T - 1}]")
+    if cfg["diffusion"].get("timestep_range"):
+        raise ValueError(
+            "the joint run is itself restricted to timesteps "
+            f"{cfg['diffusion']['timestep_range']}; NTG needs a joint model trained on every t"
+        )
+    cfg["diffusion"]["timestep_range"] = [a, b]
+    cfg["run"]["dir"] = str(run_dir)
+    if seed is not None:
+        cfg["run"]["seed"] = int(seed)
+    cfg["ant"]["enabled"] = False
+    cfg["train"]["eval_every"] = 0
+    if steps is not None:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        cfg["train"]["steps"] = int(steps)
+    return cfg
+
+
+def _latest_step(run: Path) -> int:
+    f = run / "checkpoints" / "latest.txt"
+    if not f.is_file():
+        return 0
+    name = f.read_text().strip()
+    try:
+        return int(name.removeprefix("step_").removesuffix(".pt"))
+    except ValueError:
+        return 0
+
+
+def _default_launcher(config_path: Path, device: str, log: Path) -> subprocess.Popen:
+    env = dict(os.environ)
+    cmd = [sys.executable, "-m", "antdiff.cli", "train", str(config_path), "--resume", "auto"]
+    if device.startswith("cuda:"):
+        env["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
+        cmd += ["--set", "train.device=cuda"]
+    elif device != "auto":
+        cmd += ["--set", f"train.device={device}"]
+    f = log.open("ab")
+    # A new process group, so a deadline can stop the trainer (SIGTERM: it checkpoints and
+    # exits) without touching this process.
+    return subprocess.Popen(
+        cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+
+
+def train_specialists(
+    joint_run: str | Path,
+    intervals: Sequence[Interval],
+    root: str | Path,
+    *,
+    seeds: Sequence[int] | None = None,
+    devices: Sequence[str] = ("auto",),
+    per_device: int = 1,
+    steps: int | None = None,
+    time_limit: float | None = None,
+    launcher: Callable[[Path, str, Path], Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[Interval, list[tuple[int, Path]]]:
+    """Train (or continue) one specialist per interval and seed; returns
+    ``{interval: [(seed, run_dir), ...]}``.
+
+    Runs go to ``root/specialist_FFFF-LLLL_seedS``; a finished run (latest checkpoint at the
+    configured steps) is skipped, an unfinished one resumes. ``devices`` × ``per_device``
+    processes run at once. With ``time_limit`` (seconds) the still-running trainers are sent
+    SIGTERM when it expires (they write a checkpoint and exit); call again to continue. Raises
+    if a trainer fails, quoting the end of its log.
+    """
+    joint_cfg = load_run_config(joint_run)
+    default_seed = int(joint_cfg.get("run", {}).get("seed", 0))
+    seeds = [default_seed] if not seeds else [int(s) for s in seeds]
+    say = progress or (lambda _m: None)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    launch = launcher or _default_launcher
+    import yaml
+
+    todo: list[tuple[Interval, int, Path, int]] = []
+    result: dict[Interval, list[tuple[int, Path]]] = {tuple(iv): [] for iv in intervals}  # type: ignore[misc]
+    for iv in intervals:
+        for s in seeds:
+            run = specialist_run_dir(root, iv, s)
+            cfg = specialist_config(joint_cfg, iv, run, seed=s, steps=steps)
+            run.mkdir(parents=True, exist_ok=True)
+            cfg_path = run / "specialist.yaml"
+            cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            result[tuple(iv)].append((s, run))  # type: ignore[index]
+            target = int(cfg["train"].get("steps", 0))
+            if _latest_step(run) >= target > 0:
+                say(f"specialist {iv} seed {s}: done ({target} steps)")
+                continue
+            todo.append((tuple(iv), s, cfg_path, target))  # type: ignore[arg-type]
+    if per_device < 1:
+        raise ValueError(f"per_device must be >= 1, got {per_device}")
+    devices = list(dict.fromkeys(devices)) or ["auto"]
+    running: list[tuple[Any, str, Interval, int, Path]] = []
+    deadline = None if time_limit is None else time.monotonic() + time_limit
+    failures: list[str] = []
+    stopped = False
+    while todo or running:
+        while todo and len(running) < len(devices) * per_device and not stopped:
+            free = [d for d in devices if sum(r[1] == d for r in running) < per_device]
+            iv, s, cfg_path, _ = todo.pop(0)
+            log = cfg_path.parent / "train.log"
+            say(f"specialist {iv} seed {s}: training on {free[0]}")
+            running.append((launch(cfg_path, free[0], log), free[0], iv, s, log))
+        if not running:
+            break
+        time.sleep(0.5)
+        if deadline is not None and time.monotonic() > deadline and not stopped:
+            stopped = True
+            say("time limit reached: stopping the trainers (they checkpoint and exit)")
+            for proc, *_ in running:
+                if proc.poll() is None:
+                    try:
+                        os.killpg(proc.pid, signal.SIGTERM)
+                    except (ProcessLookupError, PermissionError):
+                        proc.terminate()
+        still = []
+        for r in running:
+            proc, dev, iv, s, log = r
+            rc = proc.poll()
+            if rc is None:
+                still.append(r)
+            elif rc != 0 and not stopped:
+                tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+                failures.append(
+                    f"specialist {iv} seed {s} failed (exit {rc}); end of {log}:\n{tail}"
+                )
+            else:
+                say(
+                    f"specialist {iv} seed {s}: {'stopped' if stopped else 'finished'} at step {_latest_step(log.parent)}"
+                )
+        running = still
+        if stopped:
+            todo = []
+    if failures:
+        raise RuntimeError("\n\n".join(failures))
+    return result
+
+
+def find_specialists(
+    runs: Sequence[str | Path], intervals: Sequence[Interval]
+) -> dict[Interval, list[tuple[int, Path]]]:
+    """Match existing specialist runs to intervals by their ``diffusion.timestep_range``."""
+    wanted = {tuple(iv) for iv in intervals}
+    out: dict[Interval, list[tuple[int, Path]]] = {tuple(iv): [] for iv in intervals}  # type: ignore[misc]
+    for r in runs:
+        cfg = load_run_config(r)
+        tr = (cfg.get("diffusion") or {}).get("timestep_range")
+        if not tr:
+            raise ValueError(
+                f"run {str(r)!r} is not a specialist: its config has no diffusion.timestep_range"
+            )
+        iv = (int(tr[0]), int(tr[1]))
+        if iv not in wanted:
+            raise ValueError(
+                f"specialist {str(r)!r} covers {list(iv)} but the intervals are {sorted(wanted)}"
+            )
+        out[iv].append((int((cfg.get("run") or {}).get("seed", 0)), Path(r)))
+    for iv, lst in out.items():
+        seeds = [s for s, _ in lst]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"two specialists for {list(iv)} have the same seed {seeds}")
+    return out
+
+
+# ============================================================================ measurement
+@dataclass
+class NTGSetup:
+    """Everything that fixes one NTG measurement (the same for the joint model and the hybrids)."""
+
+    joint: Path
+    specialists: dict[Interval, list[tuple[int, Path]]]
+    ref: Path
+    n: int = 10_000
+    sampling_seeds: list[int] = field(default_factory=lambda: [0])
+    sampler: str = "ddim"
+    steps: int = 100
+    batch_size: int = 500
+    device: str = "auto"
+    use_ema: bool = True
+    autocast: str | None = None  # "bf16" | "fp16" | None
+    inception: str | None = None
+
+    def jobs(self) -> list[tuple[str, Interval | None, int | None, Path | None, int]]:
+        """``(key, interval, specialist seed, specialist run, sampling seed)`` of every FID."""
+        out: list[tuple[str, Interval | None, int | None, Path | None, int]] = []
+        for s in self.sampling_seeds:
+            out.append((f"joint/s{s}", None, None, None, s))
+            for iv in sorted(self.specialists):
+                for r, run in self.specialists[iv]:
+                    out.append((f"{iv[0]}-{iv[1]}/r{r}/s{s}", iv, r, run, s))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "joint": str(self.joint),
+            "specialists": {
+                f"{a}-{b}": [[s, str(p)] for s, p in v] for (a, b), v in self.specialists.items()
+            },
+            "ref": str(self.ref),
+            "n": self.n,
+            "sampling_seeds": self.sampling_seeds,
+            "sampler": self.sampler,
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "use_ema": self.use_ema,
+            "autocast": self.autocast,
+        }
+
+
+def _read_measurements(out: Path) -> dict[str, FIDMeasurement]:
+    got: dict[str, FIDMeasurement] = {}
+    for f in sorted(out.glob("measurements*.jsonl")):
+        for line in f.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                got[rec["key"]] = FIDMeasurement.from_dict(rec["measurement"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by an interruption: measured again
+    return got
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _load_for_inference(run: Path, use_ema: bool, device: str) -> Any:
+    from ..training.inference import load_for_inference
+
+    return load_for_inference(run, use_ema=use_ema, device=device)
+
+
+def measure_ntg(
+    setup: NTGSetup,
+    out_dir: str | Path,
+    *,
+    shard: tuple[int, int] = (0, 1),
+    progress: Callable[[str], None] | None = None,
+    sample_fn: Callable[..., np.ndarray] | None = None,
+    fid_fn: Callable[[np.ndarray], dict[str, Any]] | None = None,
+    load_fn: Callable[[Path, bool, str], Any] | None = None,
+) -> NTGTable | None:
+    """Measure every FID of ``setup`` not yet in ``out_dir``, then build the table.
+
+    Returns the :class:`NTGTable` (also written to ``out_dir/ntg.json``) once every measurement
+    of every shard exists, else ``None`` (other shards are still working). ``sample_fn``,
+    ``fid_fn`` and ``load_fn`` default to :func:`antdiff.training.sampling.sample_images`, an
+    :class:`antdiff.evaluation.Evaluator` on ``setup.ref`` and the trainer's
+    ``load_for_inference``; they are parameters so that the orchestration can be tested.
+    """
+    i_shard, n_shard = shard
+    if not 0 <= i_shard < n_shard:
+        raise ValueError(f"shard must be i/n with 0 <= i < n, got {i_shard}/{n_shard}")
+    if setup.n < 2:
+        raise ValueError(f"n must be >= 2, got {setup.n}")
+    if not setup.sampling_seeds:
+        raise ValueError("give at least one sampling seed")
+    missing_iv = [iv for iv, v in setup.specialists.items() if not v]
+    if missing_iv:
+        raise ValueError(f"no specialist for intervals {missing_iv}: train them or pass their runs")
+    say = progress or (lambda _m: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "setup.json").write_text(json.dumps(setup.describe(), indent=2) + "\n")
+    device = _resolve_device(setup.device)
+    load = load_fn or _load_for_inference
+    jobs = setup.jobs()
+    done = _read_measurements(out)
+    mine = [j for k, j in enumerate(jobs) if k % n_shard == i_shard and j[0] not in done]
+    if mine:
+        import torch
+
+        joint = load(setup.joint, setup.use_ema, device)
+        T = joint.objective.schedule.num_timesteps
+        if sample_fn is None:
+            from ..training.sampling import make_sampling_scheduler, sample_images
+
+            sample_fn = sample_images
+            visited = [
+                int(t)
+                for t in make_sampling_scheduler(
+                    joint.objective, setup.sampler, setup.steps
+                ).timesteps
+            ]
+        else:
+            visited = None
+        if fid_fn is None:
+            from ..evaluation import Evaluator
+
+            fid_fn = Evaluator(
+                setup.ref, n=setup.n, metrics=("fid",), device=device, inception=setup.inception
+            )
+        model = joint.model
+        shape = (int(model.in_channels), int(model.sample_size), int(model.sample_size))
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[setup.autocast]
+        log_path = out / f"measurements_{i_shard}of{n_shard}.jsonl"
+        cache: dict[Path, Any] = {}
+        for key, iv, r, run, s in mine:
+            t0 = time.perf_counter()
+            if iv is None:
+                fn: Any = joint.model
+            else:
+                assert run is not None
+                if run not in cache:
+                    cache.clear()  # keep one specialist in memory at a time
+                    spec = load(run, setup.use_ema, device)
+                    if spec.objective.schedule.num_timesteps != T:
+                        raise ValueError(
+                            f"specialist {run} has T={spec.objective.schedule.num_timesteps}, the joint model T={T}"
+                        )
+                    cache[run] = spec
+                fn = TimestepSwitchingDenoiser(joint.model, {iv: cache[run].model}, num_timesteps=T)
+                if visited is not None and fn.steps_in(visited) == [0]:
+                    raise ValueError(
+                        f"the {setup.sampler} sampler with {setup.steps} steps never visits interval "
+                        f"{list(iv)}; use more sampling steps"
+                    )
+            labels = None
+            if getattr(model, "class_conditional", False):
+                g = np.random.default_rng(s)
+                labels = g.integers(0, int(model.num_classes), setup.n)
+            guidance = (
+                float((joint.config.get("sample") or {}).get("guidance", 1.0))
+                if isinstance(joint.config, dict)
+                else 1.0
+            )
+            images = sample_fn(
+                fn,
+                joint.objective,
+                setup.n,
+                image_shape=shape,
+                sampler=setup.sampler,
+                steps=setup.steps,
+                batch_size=setup.batch_size,
+                seed=s,
+                class_labels=labels,
+                guidance=guidance if labels is not None else 1.0,
+                null_class_label=getattr(model, "null_class", None),
+                codec=joint.codec,
+                device=device,
+                autocast_dtype=dtype,
+            )
+            res = fid_fn(images)
+            m = FIDMeasurement(
+                fid=float(res["fid"]),
+                sampling_seed=s,
+                interval=iv,
+                specialist_seed=r,
+                n=int(res.get("n_gen", res.get("n", setup.n))),
+                floor=None if res.get("floor") is None else float(res["floor"]),
+                extra={
+                    "seconds": round(time.perf_counter() - t0, 2),
+                    "run": None if run is None else str(run),
+                },
+            )
+            with log_path.open("a") as f:
+                f.write(json.dumps({"key": key, "measurement": m.to_dict()}) + "\n")
+            say(f"{key}: FID {m.fid:.3f} ({m.extra['seconds']} s)")
+        del cache
+    done = _read_measurements(out)
+    left = [j[0] for j in jobs if j[0] not in done]
+    if left:
+        say(f"{len(left)} measurement(s) still missing (other shards): {left[:4]}")
+        return None
+    table = compute_ntg(
+        [done[j[0]] for j in jobs], sorted(setup.specialists), meta=setup.describe()
+    )
+    table.save(out / "ntg.json")
+    (out / "ntg.md").write_text(table.to_markdown())
+    return table

@@ -1,0 +1,236 @@
+"""NTG orchestration: intervals, specialist configs and training launches, resumable sharded
+measurement (with the real DDIM sampler and dummy models; FID replaced by a known function)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from antdiff import NoiseSchedule, TaskClusters
+from antdiff.analysis.ntg import NTGTable
+from antdiff.analysis.ntg_pipeline import (
+    NTGSetup,
+    find_specialists,
+    measure_ntg,
+    parse_intervals,
+    specialist_config,
+    train_specialists,
+)
+
+T = 1000
+JOINT_CFG = {
+    "run": {"dir": "runs/joint", "seed": 3},
+    "model": {"preset": "unet-tiny"},
+    "diffusion": {"schedule": "linear", "num_timesteps": T, "timestep_range": None},
+    "ant": {"enabled": True, "balancer": "uw", "k": 5},
+    "optim": {"batch_size": 64},
+    "train": {"steps": 40, "eval_every": 1000},
+}
+
+
+def _run(root: Path, cfg: dict) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return root
+
+
+def test_parse_intervals(tmp_path):
+    assert parse_intervals("uniform:5", T) == list(TaskClusters.uniform(T, 5).intervals)
+    assert parse_intervals("800-999, 0-199", T) == [(0, 199), (800, 999)]
+    cl = TaskClusters.from_boundaries([0, 10, 300], T)
+    (tmp_path / "clusters.json").write_text(cl.to_json())
+    assert parse_intervals(str(tmp_path / "clusters.json"), T) == list(cl.intervals)
+    assert parse_intervals(str(tmp_path), T) == list(cl.intervals)  # a run directory
+    with pytest.raises(ValueError, match="overlap"):
+        parse_intervals("0-10,10-20", T)
+    with pytest.raises(ValueError, match="inside"):
+        parse_intervals("0-1000", T)
+    with pytest.raises(ValueError, match="uniform:K"):
+        parse_intervals("uniform:five", T)
+    with pytest.raises(ValueError, match="first-last"):
+        parse_intervals("zero-ten", T)
+
+
+def test_specialist_config_copies_the_joint_budget():
+    cfg = specialist_config(JOINT_CFG, (200, 399), "out/s", seed=7)
+    assert cfg["diffusion"]["timestep_range"] == [200, 399]
+    assert cfg["run"] == {"dir": "out/s", "seed": 7}
+    assert cfg["ant"]["enabled"] is False and cfg["train"]["eval_every"] == 0
+    assert cfg["train"]["steps"] == 40 and cfg["optim"] == JOINT_CFG["optim"]
+    assert cfg["model"] == JOINT_CFG["model"]
+    assert JOINT_CFG["diffusion"]["timestep_range"] is None  # the joint config is not mutated
+    assert specialist_config(JOINT_CFG, (0, 9), "x", steps=5)["train"]["steps"] == 5
+    restricted = {**JOINT_CFG, "diffusion": {**JOINT_CFG["diffusion"], "timestep_range": [0, 9]}}
+    with pytest.raises(ValueError, match="trained on every t"):
+        specialist_config(restricted, (0, 9), "x")
+    with pytest.raises(ValueError, match="inside"):
+        specialist_config(JOINT_CFG, (0, T), "x")
+
+
+FAKE_TRAINER = textwrap.dedent(
+    """
+    import sys, yaml, pathlib
+    cfg = yaml.safe_load(open(sys.argv[1]))
+    run = pathlib.Path(cfg["run"]["dir"])
+    if cfg["diffusion"]["timestep_range"][0] == 666:
+        print("boom: diverged"); sys.exit(3)
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    steps = cfg["train"]["steps"]
+    (run / "checkpoints" / "latest.txt").write_text(f"step_{steps:09d}.pt\\n")
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    """
+)
+
+
+def test_train_specialists_launches_skips_finished_and_reports_failures(tmp_path):
+    joint = _run(tmp_path / "joint", JOINT_CFG)
+    script = tmp_path / "fake_trainer.py"
+    script.write_text(FAKE_TRAINER)
+    launched: list[tuple[str, str]] = []
+
+    def launcher(cfg_path: Path, device: str, log: Path) -> Any:
+        import subprocess
+
+        launched.append((cfg_path.parent.name, device))
+        return subprocess.Popen(
+            [sys.executable, str(script), str(cfg_path)],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+
+    ivs = [(0, 499), (500, 999)]
+    out = train_specialists(
+        joint, ivs, tmp_path / "spec", seeds=[0, 1], devices=["cuda:0", "cuda:1"], launcher=launcher
+    )
+    assert sorted(out) == ivs and [s for s, _ in out[(0, 499)]] == [0, 1]
+    assert len(launched) == 4 and {d for _, d in launched} == {"cuda:0", "cuda:1"}
+    run = out[(500, 999)][1][1]
+    assert yaml.safe_load((run / "config.yaml").read_text())["diffusion"]["timestep_range"] == [
+        500,
+        999,
+    ]
+    # Finished runs are not trained again.
+    launched.clear()
+    train_specialists(joint, ivs, tmp_path / "spec", seeds=[0, 1], launcher=launcher)
+    assert launched == []
+    # Existing runs are matched back to their intervals.
+    found = find_specialists([r for v in out.values() for _, r in v], ivs)
+    assert [s for s, _ in found[(500, 999)]] == [0, 1]
+    with pytest.raises(ValueError, match="not a specialist"):
+        find_specialists([joint], ivs)
+    with pytest.raises(RuntimeError, match="boom: diverged"):
+        train_specialists(joint, [(666, 700)], tmp_path / "spec", launcher=launcher)
+
+
+# ----------------------------------------------------------------------------- measurement
+class Constant(nn.Module):
+    """Predicts ε̂ = c·x_t; different c give visibly different samples."""
+
+    def __init__(self, c: float) -> None:
+        super().__init__()
+        self.c = c
+        self.in_channels, self.sample_size = 1, 4
+        self.calls = 0
+
+    def forward(self, x, t, class_labels=None):
+        self.calls += 1
+        return self.c * x
+
+
+@dataclass
+class Bundle:
+    model: nn.Module
+    objective: Any
+    codec: Any = None
+    config: dict = field(default_factory=dict)
+
+
+def test_measure_ntg_is_resumable_sharded_and_pairs_seeds(tmp_path):
+    from antdiff.objective import DiffusionObjective
+
+    objective = DiffusionObjective(NoiseSchedule.from_name("linear", T))
+    models = {"joint": Constant(0.0), "s0": Constant(0.9), "s1": Constant(-0.5)}
+    loads: list[str] = []
+
+    def load_fn(run: Path, use_ema: bool, device: str) -> Bundle:
+        loads.append(Path(run).name)
+        return Bundle(models[Path(run).name], objective)
+
+    def fid_fn(images: np.ndarray) -> dict:
+        return {"fid": float(images.astype(np.float64).mean()), "n_gen": len(images), "floor": 1.5}
+
+    specialists = {(0, 499): [(0, tmp_path / "s0")], (500, 999): [(0, tmp_path / "s1")]}
+    setup = NTGSetup(
+        tmp_path / "joint",
+        specialists,
+        tmp_path / "ref.npz",
+        n=4,
+        sampling_seeds=[0, 1],
+        sampler="ddim",
+        steps=10,
+        batch_size=4,
+        device="cpu",
+    )
+    out = tmp_path / "ntg"
+    from antdiff.training.sampling import sample_images
+
+    first = measure_ntg(
+        setup, out, shard=(0, 2), load_fn=load_fn, fid_fn=fid_fn, sample_fn=sample_images
+    )
+    assert first is None  # shard 1 has not measured yet
+    n_first = sum(1 for _ in (out / "measurements_0of2.jsonl").read_text().splitlines())
+    assert n_first == 3  # jobs 0, 2, 4 of 6
+    table = measure_ntg(
+        setup, out, shard=(1, 2), load_fn=load_fn, fid_fn=fid_fn, sample_fn=sample_images
+    )
+    assert isinstance(table, NTGTable) and table.intervals == [(0, 499), (500, 999)]
+    assert table.n == 4 and table.floor == 1.5 and sorted(table.fid_joint) == [0, 1]
+    # Same initial noise for the pair: the hybrid differs from the joint only through I.
+    for row in table.rows:
+        assert len(row.values) == 2 and all(v != 0 for v in row.values)
+    ms = [
+        json.loads(x)
+        for f in sorted(out.glob("measurements*.jsonl"))
+        for x in f.read_text().splitlines()
+    ]
+    by_key = {m["key"]: m["measurement"]["fid"] for m in ms}
+    assert by_key["0-499/r0/s1"] - by_key["joint/s1"] == pytest.approx(table.rows[0].values[1])
+    assert (out / "ntg.json").exists() and "NTG (FID)" in (out / "ntg.md").read_text()
+    # Everything is measured: a rerun loads nothing and returns the same table.
+    loads.clear()
+    again = measure_ntg(setup, out, load_fn=load_fn, fid_fn=fid_fn, sample_fn=sample_images)
+    assert loads == [] and np.allclose(again.ntg(), table.ntg())
+
+
+def test_measure_ntg_refuses_an_interval_the_sampler_never_visits(tmp_path):
+    from antdiff.objective import DiffusionObjective
+
+    objective = DiffusionObjective(NoiseSchedule.from_name("linear", T))
+    setup = NTGSetup(
+        tmp_path / "joint",
+        {(1, 3): [(0, tmp_path / "s")]},
+        tmp_path / "r.npz",
+        n=4,
+        sampler="ddim",
+        steps=10,
+        device="cpu",
+    )
+
+    def load_fn(run, use_ema, device):
+        return Bundle(Constant(0.0), objective)
+
+    with pytest.raises(ValueError, match="never visits interval"):
+        measure_ntg(setup, tmp_path / "o", load_fn=load_fn, fid_fn=lambda im: {"fid": 0.0})
+    with pytest.raises(ValueError, match="shard"):
+        measure_ntg(setup, tmp_path / "o", shard=(2, 2), load_fn=load_fn)
+    _ = torch  # torch is used by the sampler under test
