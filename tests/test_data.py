@@ -106,7 +106,7 @@ def test_image_folder_labels_and_corrupt_image_skipped_once(class_folder):
 
 def test_lazy_folder_equals_in_memory_and_substitutes_corrupt_files(class_folder):
     root, imgs = class_folder
-    # Replace one good file by garbage after listing: met only on access.
+    # Lazily read, the corrupt file is only met on access.
     lazy = open_dataset(str(root), in_memory=False)
     assert len(lazy) == 7  # the lazy store lists the corrupt jpg too
     np.testing.assert_array_equal(lazy.image_uint8(0), imgs[0])
