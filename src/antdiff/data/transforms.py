@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 from PIL import Image
@@ -65,14 +64,14 @@ def decode_image(data: bytes | str, name: str = "") -> Image.Image:
     """
     try:
         src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL's own warnings (EXIF, palette) are noise here
-            with Image.open(src) as img:
-                img.load()
-                if img.mode in _GREY_MODES:
-                    return _to_8bit_grey(img)
-                # RGBA/LA: drop alpha as ADM does; P/CMYK/YCbCr: convert.
-                return img.convert("RGB")
+        # No warnings.catch_warnings here: it swaps process-global state and is not thread-safe
+        # (this runs in a thread pool), so PIL's own warnings pass through as usual.
+        with Image.open(src) as img:
+            img.load()
+            if img.mode in _GREY_MODES:
+                return _to_8bit_grey(img)
+            # RGBA/LA: drop alpha as ADM does; P/CMYK/YCbCr: convert.
+            return img.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as e:
         raise UnreadableImageError(f"{name or 'image'}: {type(e).__name__}: {e}") from None
 
