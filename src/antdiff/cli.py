@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 #: Sub-command modules, in the order ``antdiff --help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("cluster", "stats", "eval", "affinity", "ntg", "report")
+COMMAND_MODULES: tuple[str, ...] = ("cluster", "stats", "eval", "affinity", "ntg", "report", "train", "sample", "export", "demo")
 
 
 class UserError(Exception):

@@ -132,6 +132,9 @@ class DiffusionConfig:
         False, "Learn the reverse variance (iDDPM hybrid loss L_simple + vlb_weight * L_vlb)."
     )
     vlb_weight: float = _f(0.001, "lambda of the hybrid loss (0.001 as in ADM and DiT).")
+    weight_vlb: bool = _f(
+        False, "Apply the loss weighting to the whole hybrid loss (default: to the MSE term only)."
+    )
     weighting: Literal["none", "p2", "min_snr", "edm"] = _f(
         "none", "Per-sample loss weighting (antdiff.weighting.make_weighting)."
     )
@@ -164,8 +167,11 @@ class AntConfig:
     )
     balancer: str = _f("uw", "MTL balancer (antdiff.mtl.make_balancer): uw, nash, pcgrad, ...")
     balancer_params: dict[str, Any] = _f({}, "Keyword arguments of the balancer.")
-    engine: Literal["split", "gramian", "retain_graph"] = _f(
-        "split", "How cluster gradients are obtained for gradient-based balancers."
+    engine: Literal["auto", "split", "gramian", "retain_graph"] = _f(
+        "auto",
+        "How gradient-based balancers get cluster gradients (antdiff.mtl.ClusterGradientEngine): "
+        "split (one forward+backward per cluster sub-batch), gramian, retain_graph (official); "
+        "auto = split unless the model has BatchNorm.",
     )
 
 

@@ -5,11 +5,11 @@ steps) is::
 
     {"step": 1000,                 # optimizer steps done
      "window": 50,                 # steps aggregated in this line
-     "loss": 0.031,                # mean total loss (the balancer's scalar) over the window
-     "loss_mean": 0.030,           # mean per-sample loss over the window (comparable across methods)
-     "cluster_losses": [...k],     # mean per-cluster loss L_i over the window (null if never present)
+     "loss": 0.031,                # mean per-sample loss over the window's samples (all processes)
+     "cluster_losses": [...k],     # mean loss of each cluster's samples in the window (null: none)
      "counts": [...k],             # samples per cluster summed over the window (all processes)
-     "weights": [...k],            # the balancer's weights at the last step of the window
+     "weights": [...k],            # effective weight of each cluster's gradient at the last step
+                                   # (the balancer's; n_i/B for vanilla training)
      "balancer": {...},            # the balancer's record() at the last step
      "lr": 1e-4, "grad_norm": 0.8, # at the last step (grad_norm before clipping)
      "it_per_s": 12.3, "img_per_s": 1574.4, "time": 81.2}   # time: training seconds so far
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,11 @@ def json_safe(x: Any) -> Any:
 
 
 class WindowStats:
-    """Accumulates per-step values between two log lines."""
+    """Pools the per-cluster loss sums and sample counts of the steps between two log lines.
+
+    ``loss`` is the pooled per-sample mean Σℓ/Σn (comparable across vanilla and every balancer)
+    and ``cluster_losses[i]`` the pooled mean over the window's samples of cluster i.
+    """
 
     def __init__(self, k: int) -> None:
         self.k = k
@@ -59,33 +64,23 @@ class WindowStats:
 
     def reset(self) -> None:
         self.steps = 0
-        self.loss_sum = 0.0
-        self.mean_sum = 0.0
-        self.cl_sum = np.zeros(self.k)
-        self.cl_n = np.zeros(self.k)
-        self.counts = np.zeros(self.k, dtype=np.int64)
+        self.sums = np.zeros(self.k)
+        self.counts = np.zeros(self.k)
 
-    def add(
-        self, loss: float, loss_mean: float, cluster_losses: np.ndarray, counts: np.ndarray
-    ) -> None:
+    def add(self, cluster_sums: Sequence[float], cluster_counts: Sequence[float]) -> None:
         self.steps += 1
-        self.loss_sum += loss
-        self.mean_sum += loss_mean
-        present = counts > 0
-        self.cl_sum[present] += cluster_losses[present]
-        self.cl_n[present] += 1
-        self.counts += counts.astype(np.int64)
+        self.sums += np.asarray(cluster_sums, dtype=np.float64)
+        self.counts += np.asarray(cluster_counts, dtype=np.float64)
 
     def summary(self) -> dict[str, Any]:
         with np.errstate(invalid="ignore", divide="ignore"):
-            cl = np.where(self.cl_n > 0, self.cl_sum / np.maximum(self.cl_n, 1), np.nan)
-        n = max(self.steps, 1)
+            cl = np.where(self.counts > 0, self.sums / np.maximum(self.counts, 1), np.nan)
+        total = self.counts.sum()
         return {
             "window": self.steps,
-            "loss": self.loss_sum / n,
-            "loss_mean": self.mean_sum / n,
+            "loss": float(self.sums.sum() / total) if total > 0 else float("nan"),
             "cluster_losses": cl.tolist(),
-            "counts": self.counts.tolist(),
+            "counts": [int(round(c)) for c in self.counts],
         }
 
 

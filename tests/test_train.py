@@ -1,0 +1,234 @@
+"""The training loop: run directory, bit-exact resume, refusals, NaN handling, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from antdiff.clustering import TaskClusters
+from antdiff.objective import DiffusionObjective
+from antdiff.training.checkpoint import CheckpointManager, load_checkpoint
+from antdiff.training.config import Config, load_config
+from antdiff.training.monitor import MetricsLog
+from antdiff.training.trainer import TrainingDiverged, train
+
+TINY = [
+    "model.preset=unet-tiny",
+    "data.resolution=8",
+    "optim.batch_size=10",
+    "optim.lr=1e-3",
+    "train.log_every=1",
+    "train.ckpt_every=2",
+    "train.keep_last=2",
+    "train.progress=false",
+    "train.tensorboard=false",
+    "train.sample_n=4",
+    "train.device=cpu",
+    "sample.sampler=ddim",
+    "sample.steps=2",
+    "ema.decay=0.9",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models run several times faster on one thread than on two contended ones.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(run_dir: Path, *extra: str) -> Config:
+    return load_config(None, [f"run.dir={run_dir}", *TINY, *extra])
+
+
+def state_of(run_dir: Path) -> dict:
+    return load_checkpoint(CheckpointManager(run_dir / "checkpoints").latest())
+
+
+def assert_same_tensors(a, b, where: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_tensors(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        # ANT-UW, class-conditional with CFG label dropout and random flips
+        [
+            "ant.enabled=true",
+            "ant.balancer=uw",
+            "data.class_conditional=true",
+            "data.random_flip=true",
+        ],
+        # PCGrad (seeded task order) through the split engine, warm-up and cosine LR
+        [
+            "ant.enabled=true",
+            "ant.balancer=pcgrad",
+            "ant.sampling=uniform",
+            "optim.warmup_steps=2",
+            "optim.schedule=cosine",
+        ],
+    ],
+    ids=["uw-classcond", "pcgrad"],
+)
+def test_resume_is_bit_exact(tmp_path: Path, extra: list[str]) -> None:
+    full = train(tiny(tmp_path / "full", "train.steps=5", *extra), log=None)
+    assert full.step == 5 and not full.interrupted
+    train(tiny(tmp_path / "split", "train.steps=3", *extra), log=None)
+    resumed = train(tiny(tmp_path / "split", "train.steps=5", *extra), resume="auto", log=None)
+    assert resumed.step == 5
+    a, b = state_of(tmp_path / "full"), state_of(tmp_path / "split")
+    for key in ("model", "ema", "optimizer", "balancer", "data"):
+        assert_same_tensors(a[key], b[key], key)
+    assert_same_tensors(a["rng"][0]["generators"], b["rng"][0]["generators"], "generators")
+    # the metrics file of the resumed run reads as one run: same steps, same losses
+    la, lb = (
+        MetricsLog.read(tmp_path / "full" / "metrics.jsonl"),
+        MetricsLog.read(tmp_path / "split" / "metrics.jsonl"),
+    )
+    assert [r["step"] for r in lb] == [1, 2, 3, 4, 5]
+    assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+    assert [r["cluster_losses"] for r in la] == [r["cluster_losses"] for r in lb]
+
+
+def test_run_directory_layout_and_metrics(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    res = train(
+        tiny(run, "train.steps=4", "ant.k=4", "train.tensorboard=true", "train.sample_every=2"),
+        log=None,
+    )
+    assert res.checkpoint == run / "checkpoints" / "step_000000004.pt"
+    cfg = load_config(run / "config.yaml")  # the resolved config round-trips
+    assert cfg.train.steps == 4 and cfg.ant.k == 4
+    assert (
+        TaskClusters.from_json(run / "clusters.json").intervals
+        == TaskClusters.uniform(1000, 4).intervals
+    )
+    lines = MetricsLog.read(run / "metrics.jsonl")
+    assert [r["step"] for r in lines] == [1, 2, 3, 4]
+    keys = {
+        "step",
+        "loss",
+        "cluster_losses",
+        "weights",
+        "counts",
+        "balancer",
+        "lr",
+        "grad_norm",
+        "it_per_s",
+        "time",
+    }
+    for r in lines:
+        assert keys <= r.keys()
+        assert len(r["cluster_losses"]) == len(r["weights"]) == len(r["counts"]) == 4
+        assert sum(r["counts"]) == 10  # one step of batch 10 per line
+        assert r["weights"] == pytest.approx([c / 10 for c in r["counts"]])  # vanilla: n_i / B
+    # keep_last=2 and the grids of steps 2 and 4
+    names = sorted(p.name for p in (run / "checkpoints").glob("step_*.pt"))
+    assert names == ["step_000000002.pt", "step_000000004.pt"]
+    assert sorted(p.name for p in (run / "samples").iterdir()) == [
+        "step_000000002.png",
+        "step_000000004.png",
+    ]
+    assert any((run / "tb").iterdir())
+    ck = state_of(run)
+    assert ck["step"] == 4 and ck["balancer"] is None and ck["config"]["train"]["steps"] == 4
+    # resuming a finished run is a no-op that rewrites nothing
+    before = res.checkpoint.read_bytes()
+    again = train(tiny(run, "train.steps=4", "ant.k=4"), resume="auto", log=None)
+    assert again.step == 4 and res.checkpoint.read_bytes() == before
+
+
+def test_refuses_to_clobber_or_resume_an_incompatible_run(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny(run, "train.steps=2"), log=None)
+    ckpt = run / "checkpoints" / "step_000000002.pt"
+    before = ckpt.read_bytes()
+    with pytest.raises(ValueError, match="already contains checkpoints.*--resume auto"):
+        train(tiny(run, "train.steps=4"), log=None)
+    with pytest.raises(ValueError, match=r"optim\.lr: checkpoint 0\.001, now 0\.002"):
+        train(tiny(run, "train.steps=4", "optim.lr=2e-3"), resume="auto", log=None)
+    with pytest.raises(ValueError, match=r"ant\.enabled"):
+        train(tiny(run, "train.steps=4", "ant.enabled=true"), resume=ckpt, log=None)
+    assert ckpt.read_bytes() == before
+    assert [p.name for p in CheckpointManager(run / "checkpoints").list()] == [ckpt.name]
+
+
+@pytest.mark.parametrize("ant", [False, True], ids=["vanilla", "ant-uw"])
+def test_nan_loss_names_step_and_cluster_and_keeps_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ant: bool
+) -> None:
+    original = DiffusionObjective.per_sample_loss
+    calls = {"n": 0}
+
+    def poisoned(self, model_output, x0, x_t, t, noise):  # type: ignore[no-untyped-def]
+        loss = original(self, model_output, x0, x_t, t, noise)
+        calls["n"] += 1
+        if calls["n"] >= 3:  # from the third step on, cluster 2 (t in [400, 599]) blows up
+            bad = (t >= 400) & (t <= 599)
+            loss = torch.where(bad, torch.full_like(loss, float("nan")), loss)
+        return loss
+
+    monkeypatch.setattr(DiffusionObjective, "per_sample_loss", poisoned)
+    extra = ["ant.enabled=true", "ant.balancer=uw"] if ant else []
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged) as e:
+        train(tiny(run, "train.steps=6", "ant.sampling=stratified", *extra), log=None)
+    msg = str(e.value)
+    assert "step 3" in msg and "cluster 2 (t in [400, 599])" in msg and "nan" in msg
+    assert "step_000000002.pt" in msg and "untouched" in msg
+    m = CheckpointManager(run / "checkpoints")
+    assert [p.name for p in m.list()] == ["step_000000002.pt"] and m.latest() == m.path_for(2)
+    assert max(r["step"] for r in MetricsLog.read(run / "metrics.jsonl")) == 2
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_exits_zero(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = [f"run.dir={run}", *TINY, "train.steps=100000", "train.ckpt_every=100000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "antdiff.cli", "train", "--set", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+        metrics.exists() and metrics.read_text().count("\n") >= 2
+    ):
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "interrupted" in out
+    latest = CheckpointManager(run / "checkpoints").latest()
+    assert latest is not None
+    ck = load_checkpoint(latest)
+    logged = max(r["step"] for r in MetricsLog.read(metrics))
+    assert ck["step"] == logged >= 2  # the step in flight was finished and checkpointed
+    assert json.loads(json.dumps(ck["config"]))["train"]["steps"] == 100000
