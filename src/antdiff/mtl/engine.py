@@ -1,0 +1,532 @@
+"""The per-cluster gradient engine: one training step of any balancer at about the cost of an
+ordinary step.
+
+Gradient-based methods need ``g_i = ∇_θ L_i`` for every cluster. The official code (like LibMTL,
+nash-mtl and Pytorch-PCGrad) runs k backward passes through the whole batch graph with
+``retain_graph=True``: about 1 + 2k units of work instead of 3. In diffusion the k cluster losses
+depend on *disjoint sub-batches*, which this engine exploits:
+
+``split``
+    forward + backward of each cluster's sub-batch separately. Total work ≈ one ordinary step
+    (smaller kernels), activation memory ÷ k, plus a k×P float32 gradient buffer. Exact because
+    diffusion networks normalise per sample (GroupNorm/LayerNorm); BatchNorm would couple the
+    samples of a batch, so it is refused.
+``gramian``
+    one forward, the k×k Gramian from torchjd's ``autogram`` per-sample Gramian pooled by cluster
+    (``G = M G_sample Mᵀ``), then one weighted backward: no k×P buffer. Single process only (the
+    Gramian of a distributed batch needs cross-rank products).
+``retain_graph``
+    the official method (one forward, k backwards), kept as the baseline for tests and benchmarks.
+``auto``
+    ``split``, or ``retain_graph`` when the model contains BatchNorm.
+
+Loss-based balancers (UW, FAMO, ...) and NashMTL's reuse steps take one ordinary backward in every
+mode. Under DDP, gradient sub-passes run under ``no_sync()`` and the k×P buffer (with the cluster
+loss sums, counts and which parameters received a gradient) is all-reduced once per step; every
+rank then forms the same update. Mixed precision: the user's closure runs under autocast; with a
+``GradScaler`` the cluster gradients are unscaled before any dot product, solver or clipping, and
+``.grad`` is left in the scaler's convention (so ``scaler.step`` works and skips non-finite steps).
+Weight decay is the optimiser's business (use AdamW).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..sampling import TimestepBatch
+from .base import Balancer, ClusterLosses, cluster_losses
+from .distributed import all_reduce_sum, is_ddp, unwrap_model, world_size
+
+__all__ = ["ENGINE_MODES", "ClusterGradientEngine", "StepResult"]
+
+ENGINE_MODES = ("auto", "split", "gramian", "retain_graph")
+
+ComputeLosses = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class StepResult:
+    """What one :meth:`ClusterGradientEngine.step` did. Tensors are detached and stay on the device
+    (no synchronisation); :meth:`to_dict` converts to JSON-ready numbers.
+
+    ``loss`` is the global per-sample mean (comparable to vanilla training), ``weights[i]`` the
+    effective coefficient of ``∇L_i`` in the update, ``grad_norm`` the norm of the (unscaled)
+    update before clipping when it was computed (gradient steps, or when clipping), ``skipped``
+    is True when the gradients were not finite and the step was left for the GradScaler to skip.
+    """
+
+    loss: Tensor
+    cluster_losses: Tensor
+    counts: Tensor
+    weights: Tensor
+    grad_norm: Tensor | None
+    used_gradients: bool
+    skipped: bool
+    mode: str
+    record: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "loss": float(self.loss),
+            "cluster_losses": [float(x) for x in self.cluster_losses.tolist()],
+            "counts": [int(x) for x in self.counts.tolist()],
+            "weights": [float(x) for x in self.weights.tolist()],
+            "grad_norm": None if self.grad_norm is None else float(self.grad_norm),
+            "used_gradients": self.used_gradients,
+            "skipped": self.skipped,
+            "mode": self.mode,
+            "balancer": self.record or {},
+        }
+
+
+def find_batchnorm(model: nn.Module) -> str | None:
+    """Qualified name of the first BatchNorm-like module (``_BatchNorm``, SyncBatchNorm), or None."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            return name or type(module).__name__
+    return None
+
+
+class ClusterGradientEngine:
+    """Run one training step of ``balancer`` on ``model``; fills ``p.grad`` like ``backward()``.
+
+    ``compute_losses(index)`` must run the forward pass for the samples at ``index`` (a LongTensor
+    of batch positions) and return their per-sample losses ``[len(index)]``. It must be
+    deterministic given ``index``: draw the noise, timesteps and label dropout of the batch once,
+    outside the closure. Like ``loss.backward()``, :meth:`step` *adds* to existing ``.grad``; call
+    ``optimizer.zero_grad()`` between steps.
+
+    >>> engine = ClusterGradientEngine(model, make_balancer("pcgrad", 5))   # doctest: +SKIP
+    >>> result = engine.step(lambda i: per_sample_loss(x[i], t[i], noise[i]), batch)
+    >>> optimizer.step(); optimizer.zero_grad(); engine.after_optimizer_step(...)
+
+    ``model`` may be wrapped in ``DistributedDataParallel``; ``process_group`` then defaults to
+    the wrapper's group. ``scaler`` is an optional ``torch.amp.GradScaler`` (fp16).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        balancer: Balancer,
+        mode: str = "auto",
+        scaler: Any | None = None,
+        process_group: Any | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(balancer, Balancer):
+            raise TypeError(
+                f"balancer must be an antdiff Balancer (see antdiff.mtl.make_balancer), got "
+                f"{type(balancer).__name__}"
+            )
+        if mode not in ENGINE_MODES:
+            raise ValueError(
+                f"unknown engine mode {mode!r}; choose one of {', '.join(ENGINE_MODES)}"
+            )
+        self.model = model
+        self.module = unwrap_model(model)
+        self.balancer = balancer
+        self.scaler = scaler
+        if process_group is None and is_ddp(model):
+            process_group = model.process_group
+        self.process_group = process_group
+        self.mode = self._resolve_mode(mode)
+        self._buffer: Tensor | None = None
+
+    # ------------------------------------------------------------------ configuration
+    def _resolve_mode(self, mode: str) -> str:
+        bn = find_batchnorm(self.module)
+        if mode == "auto":
+            return "retain_graph" if bn else "split"
+        if mode in ("split", "gramian") and bn:
+            raise ValueError(
+                f"the model contains BatchNorm ({bn}): mode={mode!r} evaluates each cluster's "
+                "samples separately, so BatchNorm would normalise with other statistics than on "
+                "the full batch. Use mode='retain_graph', or GroupNorm/LayerNorm in the model"
+            )
+        if mode == "gramian" and world_size(self.process_group) > 1:
+            raise ValueError(
+                "mode='gramian' cannot run under DDP: the cluster Gramian of a distributed batch "
+                "needs products of gradients held by different ranks. Use mode='split'"
+            )
+        return mode
+
+    def release_buffers(self) -> None:
+        """Free the k×P gradient buffer (reallocated by the next gradient step)."""
+        self._buffer = None
+
+    def _params(self) -> list[nn.Parameter]:
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no parameter with requires_grad=True")
+        devices = {p.device for p in params}
+        if len(devices) > 1:
+            raise ValueError(
+                f"the model's trainable parameters live on several devices ({sorted(map(str, devices))}); "
+                "the engine supports one device per process (use DDP for several GPUs)"
+            )
+        return params
+
+    def _scaler_enabled(self) -> bool:
+        return self.scaler is not None and bool(self.scaler.is_enabled())
+
+    def _backward(self, loss: Tensor, retain_graph: bool = False) -> None:
+        if self._scaler_enabled():
+            loss = self.scaler.scale(loss)
+        loss.backward(retain_graph=retain_graph)
+
+    def _scale(self) -> float:
+        return float(self.scaler.get_scale()) if self._scaler_enabled() else 1.0
+
+    def _no_sync(self) -> contextlib.AbstractContextManager[Any]:
+        return self.model.no_sync() if is_ddp(self.model) else contextlib.nullcontext()
+
+    @staticmethod
+    def _call(compute_losses: ComputeLosses, index: Tensor, need_grad: bool = True) -> Tensor:
+        out = compute_losses(index)
+        if not torch.is_tensor(out) or out.ndim != 1 or out.shape[0] != index.numel():
+            shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+            raise ValueError(
+                f"compute_losses(index) must return one loss per index, a tensor of shape "
+                f"[{index.numel()}]; got {shape}. Use reduction='none' and average over the "
+                "non-batch dimensions"
+            )
+        if need_grad and not out.requires_grad:
+            raise ValueError(
+                "compute_losses(index) returned losses that do not require grad: run the model's "
+                "forward pass inside compute_losses, with gradients enabled"
+            )
+        return out
+
+    def _check_batch(self, batch: TimestepBatch) -> None:
+        if not isinstance(batch, TimestepBatch):
+            raise TypeError(f"batch must be a TimestepBatch, got {type(batch).__name__}")
+        if batch.num_clusters != self.balancer.num_clusters:
+            raise ValueError(
+                f"the batch has {batch.num_clusters} clusters but the balancer was built for "
+                f"{self.balancer.num_clusters}"
+            )
+
+    # ------------------------------------------------------------------ public API
+    def step(
+        self, compute_losses: ComputeLosses, batch: TimestepBatch, *, record: bool = True
+    ) -> StepResult:
+        """One training step: fills ``.grad`` of the model (and of the balancer's parameters).
+
+        ``record=False`` skips ``balancer.record()`` (which reads numbers back to the host); use
+        it on steps that are not logged to keep the GPU queue full.
+        """
+        self._check_batch(batch)
+        bal = self.balancer
+        if not bal.gradients_due():
+            return self._loss_step(compute_losses, batch, record)
+        if self.mode == "gramian":
+            return self._gramian_step(compute_losses, batch, record)
+        return self._buffer_step(compute_losses, batch, record, split=self.mode == "split")
+
+    @torch.no_grad()
+    def recompute_cluster_losses(
+        self, compute_losses: ComputeLosses, batch: TimestepBatch
+    ) -> ClusterLosses:
+        """Cluster losses of ``batch`` under ``no_grad`` (one forward), globally reduced."""
+        self._check_batch(batch)
+        index = torch.arange(batch.batch_size, device=batch.cluster_ids.device)
+        per = self._call(compute_losses, index, need_grad=False)
+        return cluster_losses(per, batch, self.process_group)
+
+    def after_optimizer_step(
+        self,
+        compute_losses: ComputeLosses | None = None,
+        batch: TimestepBatch | None = None,
+    ) -> None:
+        """Call after ``optimizer.step()``. For FAMO it recomputes the cluster losses on the same
+        batch (same closure, no gradients) and updates the weights; for other balancers it only
+        forwards the call."""
+        bal = self.balancer
+        if not bal.needs_post_step_losses:
+            bal.after_optimizer_step(None)
+            return
+        if compute_losses is None or batch is None:
+            raise ValueError(
+                f"balancer {bal.name!r} needs the losses after the optimizer step: call "
+                "engine.after_optimizer_step(compute_losses, batch) with the step's closure and batch"
+            )
+        bal.after_optimizer_step(self.recompute_cluster_losses(compute_losses, batch).losses)
+
+    # ------------------------------------------------------------------ loss-based step
+    def _loss_step(
+        self, compute_losses: ComputeLosses, batch: TimestepBatch, record: bool
+    ) -> StepResult:
+        bal = self.balancer
+        index = torch.arange(batch.batch_size, device=batch.cluster_ids.device)
+        per = self._call(compute_losses, index)
+        loss = bal.loss(per, batch, process_group=self.process_group)
+        cl = bal.last_cluster_losses
+        if cl is None:  # a custom balancer that does not record them
+            cl = cluster_losses(per.detach(), batch, self.process_group)
+        self._backward(loss)
+        bal.sync_gradients(self.process_group)
+        grad_norm = None
+        if bal.max_grad_norm is not None:
+            scale = self._scale()
+            params = self._params()
+            total = torch.nn.utils.clip_grad_norm_(params, bal.max_grad_norm * scale)
+            grad_norm = total.detach() / scale
+        return StepResult(
+            loss=cl.mean,
+            cluster_losses=cl.losses.detach(),
+            counts=cl.counts,
+            weights=bal.last_weights.detach().clone(),
+            grad_norm=grad_norm,
+            used_gradients=False,
+            skipped=False,
+            mode="loss",
+            record=bal.record() if record else None,
+        )
+
+    # ------------------------------------------------------------------ split / retain_graph
+    def _get_buffer(self, rows: int, cols: int, device: torch.device) -> Tensor:
+        buf = self._buffer
+        if buf is None or buf.shape != (rows, cols) or buf.device != device:
+            buf = None
+            self._buffer = None
+            buf = torch.zeros(rows, cols, dtype=torch.float32, device=device)
+            self._buffer = buf
+        else:
+            buf.zero_()
+        return buf
+
+    @staticmethod
+    def _layout(params: list[nn.Parameter]) -> list[tuple[int, int]]:
+        out, off = [], 0
+        for p in params:
+            out.append((off, p.numel()))
+            off += p.numel()
+        return out
+
+    @staticmethod
+    def _bind(params: list[nn.Parameter], layout: list[tuple[int, int]], row: Tensor) -> None:
+        # Autograd accumulates in place into an existing .grad, so pointing .grad at the buffer
+        # row makes the backward write the cluster gradient there directly (no copy, no extra P).
+        for p, (off, n) in zip(params, layout):
+            if p.dtype == row.dtype and p.device == row.device:
+                p.grad = row[off : off + n].view_as(p)
+            else:
+                p.grad = None
+
+    @staticmethod
+    def _collect(params: list[nn.Parameter], layout: list[tuple[int, int]], row: Tensor) -> None:
+        for p, (off, n) in zip(params, layout):
+            if p.dtype != row.dtype or p.device != row.device:
+                if p.grad is not None:
+                    row[off : off + n].copy_(p.grad.reshape(-1))
+                p.grad = None
+
+    @contextlib.contextmanager
+    def _track_touched(self, params: list[nn.Parameter], touched: list[bool]) -> Iterator[None]:
+        def hook(j: int) -> Callable[[Tensor], None]:
+            def mark(_: Tensor) -> None:
+                touched[j] = True
+
+            return mark
+
+        handles = [p.register_post_accumulate_grad_hook(hook(j)) for j, p in enumerate(params)]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _buffer_step(
+        self, compute_losses: ComputeLosses, batch: TimestepBatch, record: bool, *, split: bool
+    ) -> StepResult:
+        bal = self.balancer
+        params = self._params()
+        layout = self._layout(params)
+        k = batch.num_clusters
+        size = sum(n for _, n in layout)
+        n_flags = math.ceil(len(params) / k)
+        # Row i: [Σ_b∈i ∇ℓ_b (P) | Σ_b∈i ℓ_b | n_i | flags]: one all-reduce carries everything.
+        buf = self._get_buffer(k, size + 2 + n_flags, params[0].device)
+        counts = [int(c) for c in batch.counts.tolist()]
+        ids = batch.cluster_ids
+        touched = [False] * len(params)
+        stash = [p.grad for p in params]
+        try:
+            with self._no_sync(), self._track_touched(params, touched):
+                if split:
+                    order = torch.argsort(ids, stable=True)
+                    start = 0
+                    for i in range(k):
+                        n = counts[i]
+                        if n == 0:
+                            continue
+                        index = order[start : start + n]
+                        start += n
+                        self._bind(params, layout, buf[i])
+                        s = self._call(compute_losses, index).float().sum()
+                        buf[i, size] = s.detach()
+                        buf[i, size + 1] = n
+                        self._backward(s)
+                        self._collect(params, layout, buf[i])
+                else:
+                    index = torch.arange(batch.batch_size, device=ids.device)
+                    per = self._call(compute_losses, index).float()
+                    sums = per.new_zeros(k).index_add(0, ids.to(per.device), per)
+                    present_local = [i for i in range(k) if counts[i] > 0]
+                    for j, i in enumerate(present_local):
+                        self._bind(params, layout, buf[i])
+                        self._backward(sums[i], retain_graph=j < len(present_local) - 1)
+                        self._collect(params, layout, buf[i])
+                    buf[:, size] = sums.detach().to(buf.device)
+                    buf[:, size + 1] = torch.tensor(counts, dtype=buf.dtype, device=buf.device)
+        finally:
+            for p, g in zip(params, stash):
+                p.grad = g
+        flags = torch.zeros(k * n_flags, dtype=buf.dtype)
+        flags[: len(params)] = torch.tensor(touched, dtype=buf.dtype)
+        buf[:, size + 2 :] = flags.view(k, n_flags).to(buf.device)
+
+        all_reduce_sum(buf, self.process_group)
+
+        loss_sums = buf[:, size].clone()
+        n_global = buf[:, size + 1].clone()
+        touched_global = (buf[:, size + 2 :].reshape(-1)[: len(params)] > 0).tolist()
+        present = n_global > 0
+        scale = self._scale()
+        grads = buf[:, :size]
+        grads.mul_(torch.where(present, 1.0 / (n_global.clamp_min(1.0) * scale), 0.0)[:, None])
+        gram = grads @ grads.T
+        losses = loss_sums / n_global.clamp_min(1.0)
+        mean = loss_sums.sum() / n_global.sum().clamp_min(1.0)
+        if not bool(torch.isfinite(gram).all()):
+            return self._non_finite(params, stash, losses, n_global, mean, split)
+
+        w = bal.weights(gram, losses, present).to(grads.device, grads.dtype)
+        update = w @ grads
+        grad_norm = update.norm()
+        if bal.max_grad_norm is not None:
+            update.mul_(torch.clamp(bal.max_grad_norm / (grad_norm + 1e-6), max=1.0))
+        if scale != 1.0:
+            update.mul_(scale)
+        for p, (off, n), has in zip(params, layout, touched_global):
+            if not has:
+                continue
+            u = update[off : off + n].view_as(p)
+            if p.grad is None:
+                p.grad = u.to(p.dtype) if p.dtype != u.dtype else u
+            else:
+                p.grad.add_(u.to(p.grad.dtype))
+        return StepResult(
+            loss=mean,
+            cluster_losses=losses,
+            counts=n_global,
+            weights=bal.last_weights.detach().clone(),
+            grad_norm=grad_norm.detach(),
+            used_gradients=True,
+            skipped=False,
+            mode="split" if split else "retain_graph",
+            record=bal.record() if record else None,
+        )
+
+    def _non_finite(
+        self,
+        params: list[nn.Parameter],
+        stash: list[Tensor | None],
+        losses: Tensor,
+        counts: Tensor,
+        mean: Tensor,
+        split: bool | None,
+    ) -> StepResult:
+        if not self._scaler_enabled():
+            raise FloatingPointError(
+                "the cluster gradients are not finite (inf/nan) and there is no enabled GradScaler "
+                "to skip the step: training diverged; lower the learning rate, or use fp16 with a "
+                "GradScaler / bf16 autocast"
+            )
+        # Leave a non-finite gradient so that scaler.step() skips the update and scaler.update()
+        # lowers the scale, exactly as for an ordinary overflowing fp16 step. The balancer's state
+        # is not touched (NashMTL recomputes at the next step).
+        p = params[0]
+        p.grad = torch.full_like(p, float("inf"))
+        return StepResult(
+            loss=mean,
+            cluster_losses=losses,
+            counts=counts,
+            weights=torch.zeros_like(losses),
+            grad_norm=None,
+            used_gradients=True,
+            skipped=True,
+            mode=self.mode if split is None else ("split" if split else "retain_graph"),
+            record=None,
+        )
+
+    # ------------------------------------------------------------------ gramian
+    def _gramian_step(
+        self, compute_losses: ComputeLosses, batch: TimestepBatch, record: bool
+    ) -> StepResult:
+        from torchjd.autogram import Engine
+
+        bal = self.balancer
+        params = self._params()
+        k = batch.num_clusters
+        ids = batch.cluster_ids
+        index = torch.arange(batch.batch_size, device=ids.device)
+        autogram = Engine(self.module, batch_dim=0)
+        try:
+            per = self._call(compute_losses, index)
+            scaled = self.scaler.scale(per.float()) if self._scaler_enabled() else per.float()
+            sample_gram = autogram.compute_gramian(scaled).double()
+        finally:
+            _remove_autogram_hooks(autogram)
+        scale = self._scale()
+        dev = sample_gram.device
+        onehot = torch.zeros(k, batch.batch_size, dtype=torch.float64, device=dev)
+        onehot[ids.to(dev), torch.arange(batch.batch_size, device=dev)] = 1.0
+        n = onehot.sum(1)
+        present = n > 0
+        inv = torch.where(present, 1.0 / (n.clamp_min(1.0) * scale), 0.0)
+        pool = onehot * inv[:, None]  # row i: 1/(n_i·S) on the samples of cluster i
+        gram = pool @ sample_gram @ pool.T
+        losses = (onehot @ per.detach().double()) / n.clamp_min(1.0)
+        mean = per.detach().double().mean()
+        if not bool(torch.isfinite(gram).all()):
+            return self._non_finite(params, [p.grad for p in params], losses, n, mean, None)
+        w = bal.weights(gram, losses, present).to(dev)
+        grad_norm = torch.sqrt(torch.clamp(w @ gram @ w, min=0.0))
+        coef = torch.ones((), dtype=torch.float64, device=dev)
+        if bal.max_grad_norm is not None:
+            coef = torch.clamp(bal.max_grad_norm / (grad_norm + 1e-6), max=1.0)
+        per_sample_weight = (w * torch.where(present, 1.0 / n.clamp_min(1.0), 0.0) * coef)[
+            ids.to(dev)
+        ]
+        (scaled * per_sample_weight.to(scaled.dtype)).sum().backward()
+        return StepResult(
+            loss=mean.float(),
+            cluster_losses=losses.float(),
+            counts=n.float(),
+            weights=bal.last_weights.detach().clone(),
+            grad_norm=grad_norm.float().detach(),
+            used_gradients=True,
+            skipped=False,
+            mode="gramian",
+            record=bal.record() if record else None,
+        )
+
+
+def _remove_autogram_hooks(autogram: Any) -> None:
+    # torchjd removes its module hooks only when the engine is garbage-collected; remove them now
+    # so that later forward passes (EMA updates, sampling) run unhooked. Private API of torchjd
+    # 0.18 (pinned < 0.19 in pyproject); if it changes, garbage collection still removes them.
+    manager = getattr(autogram, "_module_hook_manager", None)
+    handles = getattr(manager, "_handles", None)
+    if manager is not None and handles is not None:
+        type(manager).remove_hooks(handles)
+        handles.clear()
