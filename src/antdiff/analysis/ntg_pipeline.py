@@ -48,9 +48,12 @@ __all__ = [
     "load_run_config",
     "measure_ntg",
     "parse_intervals",
+    "run_finished",
+    "run_trainers",
     "specialist_config",
     "specialist_run_dir",
     "train_specialists",
+    "write_specialist_configs",
 ]
 
 Interval = tuple[int, int]
@@ -180,6 +183,117 @@ def _default_launcher(config_path: Path, device: str, log: Path) -> subprocess.P
     )
 
 
+def run_finished(run: str | Path, steps: int) -> bool:
+    """True when the run's latest checkpoint is at ``steps`` or later."""
+    return _latest_step(Path(run)) >= steps > 0
+
+
+def run_trainers(
+    configs: Sequence[str | Path],
+    *,
+    devices: Sequence[str] = ("auto",),
+    per_device: int = 1,
+    time_limit: float | None = None,
+    launcher: Callable[[Path, str, Path], Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Train (or resume, ``--resume auto``) every config whose run is not finished yet, up to
+    ``len(devices) × per_device`` at once, each new run on the least busy device; a run's log
+    is ``RUN/train.log``. With ``time_limit`` (seconds) the trainers still running are sent
+    SIGTERM when it expires (they write a checkpoint and exit 0); call again to continue.
+    Returns the run directories; raises if a trainer fails, quoting the end of its log."""
+    import yaml
+
+    if per_device < 1:
+        raise ValueError(f"per_device must be >= 1, got {per_device}")
+    devs = list(dict.fromkeys(devices)) or ["auto"]
+    say = progress or (lambda _m: None)
+    launch = launcher or _default_launcher
+    todo: list[tuple[Path, Path]] = []
+    runs: list[Path] = []
+    for c in configs:
+        cfg = yaml.safe_load(Path(c).read_text()) or {}
+        run_dir = (cfg.get("run") or {}).get("dir")
+        if not run_dir:
+            raise ValueError(
+                f"config {str(c)!r} has no run.dir: every trainer needs its own run directory"
+            )
+        run = Path(run_dir)
+        runs.append(run)
+        steps = int((cfg.get("train") or {}).get("steps", 0))
+        if run_finished(run, steps):
+            say(f"{run.name}: done ({steps} steps)")
+            continue
+        run.mkdir(parents=True, exist_ok=True)
+        todo.append((Path(c), run))
+    running: list[tuple[Any, str, Path]] = []
+    deadline = None if time_limit is None else time.monotonic() + time_limit
+    failures: list[str] = []
+    stopped = False
+    while todo or running:
+        while todo and len(running) < len(devs) * per_device and not stopped:
+            load = {d: sum(r[1] == d for r in running) for d in devs}
+            dev = min(devs, key=lambda d: load[d])
+            cfg_path, run = todo.pop(0)
+            say(f"{run.name}: training on {dev} (from step {_latest_step(run)})")
+            running.append((launch(cfg_path, dev, run / "train.log"), dev, run))
+        if not running:
+            break
+        time.sleep(0.5)
+        if deadline is not None and time.monotonic() > deadline and not stopped:
+            stopped = True
+            todo = []
+            say("time limit reached: stopping the trainers (they checkpoint and exit)")
+            for proc, _, _ in running:
+                if proc.poll() is None:
+                    try:
+                        os.killpg(proc.pid, signal.SIGTERM)
+                    except (ProcessLookupError, PermissionError):
+                        proc.terminate()
+        still = []
+        for proc, dev, run in running:
+            rc = proc.poll()
+            if rc is None:
+                still.append((proc, dev, run))
+            elif rc != 0 and not stopped:
+                log = run / "train.log"
+                tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+                failures.append(f"{run} failed (exit {rc}); end of {log}:\n{tail}")
+            else:
+                say(
+                    f"{run.name}: {'stopped' if stopped else 'finished'} at step {_latest_step(run)}"
+                )
+        running = still
+    if failures:
+        raise RuntimeError("\n\n".join(failures))
+    return runs
+
+
+def write_specialist_configs(
+    joint_config: Mapping[str, Any],
+    intervals: Sequence[Interval],
+    root: str | Path,
+    seeds: Sequence[int],
+    steps: int | None = None,
+) -> dict[Interval, list[tuple[int, Path]]]:
+    """Write ``root/specialist_FFFF-LLLL_seedS/specialist.yaml`` for every interval and seed;
+    returns ``{interval: [(seed, config path), ...]}``."""
+    import yaml
+
+    out: dict[Interval, list[tuple[int, Path]]] = {}
+    for iv in intervals:
+        iv = (int(iv[0]), int(iv[1]))
+        out[iv] = []
+        for s in seeds:
+            run = specialist_run_dir(root, iv, s)
+            cfg = specialist_config(joint_config, iv, run, seed=s, steps=steps)
+            run.mkdir(parents=True, exist_ok=True)
+            path = run / "specialist.yaml"
+            path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            out[iv].append((int(s), path))
+    return out
+
+
 def train_specialists(
     joint_run: str | Path,
     intervals: Sequence[Interval],
@@ -193,86 +307,23 @@ def train_specialists(
     launcher: Callable[[Path, str, Path], Any] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[Interval, list[tuple[int, Path]]]:
-    """Train (or continue) one specialist per interval and seed; returns
-    ``{interval: [(seed, run_dir), ...]}``.
-
-    Runs go to ``root/specialist_FFFF-LLLL_seedS``; a finished run (latest checkpoint at the
-    configured steps) is skipped, an unfinished one resumes. ``devices`` × ``per_device``
-    processes run at once. With ``time_limit`` (seconds) the still-running trainers are sent
-    SIGTERM when it expires (they write a checkpoint and exit); call again to continue. Raises
-    if a trainer fails, quoting the end of its log.
-    """
+    """Train (or continue) one specialist per interval and seed from the joint run's resolved
+    config; returns ``{interval: [(seed, run_dir), ...]}`` (see :func:`run_trainers` for
+    devices, time limits and failures). Finished runs are skipped."""
     joint_cfg = load_run_config(joint_run)
-    default_seed = int(joint_cfg.get("run", {}).get("seed", 0))
+    default_seed = int((joint_cfg.get("run") or {}).get("seed", 0))
     seeds = [default_seed] if not seeds else [int(s) for s in seeds]
-    say = progress or (lambda _m: None)
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    launch = launcher or _default_launcher
-    import yaml
-
-    todo: list[tuple[Interval, int, Path, int]] = []
-    result: dict[Interval, list[tuple[int, Path]]] = {tuple(iv): [] for iv in intervals}  # type: ignore[misc]
-    for iv in intervals:
-        for s in seeds:
-            run = specialist_run_dir(root, iv, s)
-            cfg = specialist_config(joint_cfg, iv, run, seed=s, steps=steps)
-            run.mkdir(parents=True, exist_ok=True)
-            cfg_path = run / "specialist.yaml"
-            cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-            result[tuple(iv)].append((s, run))  # type: ignore[index]
-            target = int(cfg["train"].get("steps", 0))
-            if _latest_step(run) >= target > 0:
-                say(f"specialist {iv} seed {s}: done ({target} steps)")
-                continue
-            todo.append((tuple(iv), s, cfg_path, target))  # type: ignore[arg-type]
-    if per_device < 1:
-        raise ValueError(f"per_device must be >= 1, got {per_device}")
-    devices = list(dict.fromkeys(devices)) or ["auto"]
-    running: list[tuple[Any, str, Interval, int, Path]] = []
-    deadline = None if time_limit is None else time.monotonic() + time_limit
-    failures: list[str] = []
-    stopped = False
-    while todo or running:
-        while todo and len(running) < len(devices) * per_device and not stopped:
-            free = [d for d in devices if sum(r[1] == d for r in running) < per_device]
-            iv, s, cfg_path, _ = todo.pop(0)
-            log = cfg_path.parent / "train.log"
-            say(f"specialist {iv} seed {s}: training on {free[0]}")
-            running.append((launch(cfg_path, free[0], log), free[0], iv, s, log))
-        if not running:
-            break
-        time.sleep(0.5)
-        if deadline is not None and time.monotonic() > deadline and not stopped:
-            stopped = True
-            say("time limit reached: stopping the trainers (they checkpoint and exit)")
-            for proc, *_ in running:
-                if proc.poll() is None:
-                    try:
-                        os.killpg(proc.pid, signal.SIGTERM)
-                    except (ProcessLookupError, PermissionError):
-                        proc.terminate()
-        still = []
-        for r in running:
-            proc, dev, iv, s, log = r
-            rc = proc.poll()
-            if rc is None:
-                still.append(r)
-            elif rc != 0 and not stopped:
-                tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
-                failures.append(
-                    f"specialist {iv} seed {s} failed (exit {rc}); end of {log}:\n{tail}"
-                )
-            else:
-                say(
-                    f"specialist {iv} seed {s}: {'stopped' if stopped else 'finished'} at step {_latest_step(log.parent)}"
-                )
-        running = still
-        if stopped:
-            todo = []
-    if failures:
-        raise RuntimeError("\n\n".join(failures))
-    return result
+    Path(root).mkdir(parents=True, exist_ok=True)
+    cfgs = write_specialist_configs(joint_cfg, intervals, root, seeds, steps)
+    run_trainers(
+        [p for v in cfgs.values() for _, p in v],
+        devices=devices,
+        per_device=per_device,
+        time_limit=time_limit,
+        launcher=launcher,
+        progress=progress,
+    )
+    return {iv: [(s, p.parent) for s, p in v] for iv, v in cfgs.items()}
 
 
 def find_specialists(
@@ -459,8 +510,8 @@ def measure_ntg(
                     )
             labels = None
             if getattr(model, "class_conditional", False):
-                g = np.random.default_rng(s)
-                labels = g.integers(0, int(model.num_classes), setup.n)
+                # Balanced labels (i mod C), the same for the joint model and every hybrid.
+                labels = np.arange(setup.n) % int(model.num_classes)
             guidance = (
                 float((joint.config.get("sample") or {}).get("guidance", 1.0))
                 if isinstance(joint.config, dict)

@@ -171,14 +171,13 @@ def run(args: argparse.Namespace) -> int:
             time_limit=args.time_limit,
             progress=say,
         )
-        from ..analysis.ntg_pipeline import _latest_step
-        from ..analysis.ntg_pipeline import load_run_config as _cfg
+        from ..analysis.ntg_pipeline import run_finished
 
         unfinished = [
             str(r)
             for v in specialists.values()
             for _, r in v
-            if _latest_step(r) < int(_cfg(r / "specialist.yaml")["train"]["steps"])
+            if not run_finished(r, int(load_run_config(r / "specialist.yaml")["train"]["steps"]))
         ]
         if unfinished:
             say(
