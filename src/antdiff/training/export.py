@@ -80,9 +80,14 @@ def export_diffusers(
         names = bundle.class_names
         if names and model.num_classes is not None:
             id2label = {i: str(n) for i, n in enumerate(names)}
-        DiTPipeline(
-            transformer=inner, vae=vae, scheduler=scheduler, id2label=id2label
-        ).save_pretrained(str(out))
+        DiTPipeline(transformer=inner, vae=vae, scheduler=scheduler).save_pretrained(str(out))
+        if id2label:
+            # save_pretrained does not keep id2label; DiTPipeline.from_pretrained reads it from
+            # model_index.json (as in the facebook/DiT-* repositories).
+            index_path = out / "model_index.json"
+            index = json.loads(index_path.read_text())
+            index["id2label"] = {str(i): n for i, n in id2label.items()}
+            index_path.write_text(json.dumps(index, indent=2) + "\n")
         pipeline_name = "DiTPipeline"
         if model.num_classes is None:
             notes.append(

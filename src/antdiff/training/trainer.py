@@ -295,7 +295,11 @@ def _train(
 
             assert cfg.train.eval_ref is not None
             evaluator = Evaluator(
-                cfg.train.eval_ref, cfg.train.eval_n, cfg.train.eval_metrics, str(device)
+                cfg.train.eval_ref,
+                cfg.train.eval_n,
+                cfg.train.eval_metrics,
+                str(device),
+                inception=cfg.train.eval_inception,
             )
     say(
         f"run {run.root}: {model.preset} ({model.num_parameters():,} parameters) on "
@@ -392,7 +396,10 @@ def _train(
         )
         parts = ctx.all_gather_object(images)
         if evaluator is not None and metrics is not None:
-            result = evaluator(np.concatenate(parts))
+            gathered = np.concatenate(parts)
+            if gathered.shape[-1] == 1:  # the FID network takes RGB
+                gathered = np.repeat(gathered, 3, axis=-1)
+            result = evaluator(gathered)
             metrics.write({"step": step, "eval": result})
             if tb is not None:
                 tb.scalars(
