@@ -193,3 +193,22 @@ def test_evaluator_hook(files):
         ev(images[:20])
     with pytest.raises(ValueError, match="not comparable"):
         Evaluator(files["ref"], 40, "fid", "cpu", inception=files["other_net"])
+
+
+def test_samples_from_an_image_folder_and_a_npy(files, tmp_path):
+    from PIL import Image
+
+    from antdiff.evaluation import load_samples
+
+    images = np.load(files["good"])["samples"][:5]
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(tmp_path / f"{i}.png")
+    loaded = load_samples(tmp_path)
+    assert loaded.shape == (5, 8, 8, 3) and loaded.dtype == np.uint8
+    assert sorted(x.tobytes() for x in loaded) == sorted(x.tobytes() for x in images)
+    np.save(tmp_path / "s.npy", images)
+    from_npy = load_samples(tmp_path / "s.npy")
+    assert sorted(x.tobytes() for x in from_npy) == sorted(x.tobytes() for x in images)
+    np.save(tmp_path / "f.npy", images.astype(np.float32))
+    with pytest.raises(ValueError, match="uint8"):
+        load_samples(tmp_path / "f.npy")

@@ -66,17 +66,15 @@ def _check_images(images: np.ndarray, source: str) -> np.ndarray:
 
 
 def load_samples(path: str | Path) -> np.ndarray:
-    """Generated images as uint8 ``[N, H, W, C]`` from a ``.npz``, ``.npy`` or image folder.
+    """Generated images as uint8 ``[N, H, W, C]``.
 
-    A ``.npz`` is read at key ``samples`` or else ``arr_0`` (what ``np.savez(path, x)`` and the
-    ADM/DiT sampling scripts write). A folder is read with :func:`antdiff.data.load_images_uint8`.
+    A ``.npz`` is read at key ``samples``, else ``arr_0`` (what ``np.savez(path, x)`` and the
+    ADM/DiT sampling scripts write). Anything else — ``.npy``, an image folder, a tar archive of
+    images — is read with :func:`antdiff.data.load_images_uint8` (which also lets a held-out real
+    split stand in for samples, e.g. to check the floor).
     """
     p = Path(path).expanduser()
-    if p.is_dir():
-        from ..data import load_images_uint8
-
-        return _check_images(load_images_uint8(str(p)), str(p))
-    if not p.is_file():
+    if not p.exists():
         raise ValueError(f"samples {str(p)!r} do not exist (expected a .npz, .npy or image folder)")
     if p.suffix == ".npz":
         with np.load(p, allow_pickle=False) as z:
@@ -87,9 +85,9 @@ def load_samples(path: str | Path) -> np.ndarray:
                 f"{p} has no array 'samples' or 'arr_0' (keys: {', '.join(z.files) or 'none'}); "
                 "save generated images with np.savez(path, samples=uint8_NHWC)"
             )
-    if p.suffix == ".npy":
-        return _check_images(np.load(p, allow_pickle=False), str(p))
-    raise ValueError(f"samples {str(p)!r}: expected a .npz, .npy or image folder")
+    from ..data import load_images_uint8
+
+    return _check_images(load_images_uint8(str(p)), str(p))
 
 
 def load_reference(
@@ -177,7 +175,7 @@ def evaluate_features(
                 fl = ref.floor(n_gen, method=floor_method, seed=seed)
                 result.update(floor=fl.value, floor_method=fl.method, floor_n_ref=fl.n_ref)
             except ValueError as e:
-                result.update(floor=None, floor_method=floor_method)
+                result.update(floor=None, floor_method=floor_method, floor_n_ref=None)
                 notes.append(f"floor unavailable: {e}")
     if "kid" in chosen:
         kid = kernel_inception_distance(

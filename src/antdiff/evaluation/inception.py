@@ -285,6 +285,7 @@ class InceptionFeatures:
         fmt: str,
         device: str | torch.device | None = "auto",
         batch_size: int | None = None,
+        force_fp32: bool = False,
     ) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
@@ -298,7 +299,7 @@ class InceptionFeatures:
         self.batch_size = batch_size or (250 if self.device.type == "cuda" else 32)
         file_dtype = _tensor_dtype(network)
         # fp16 convolutions on the CPU are slow and not what the standard computes: upcast there.
-        if file_dtype == torch.float16 and self.device.type == "cuda":
+        if file_dtype == torch.float16 and self.device.type == "cuda" and not force_fp32:
             self.compute_dtype = torch.float16
         else:
             self.compute_dtype = torch.float32
@@ -314,8 +315,11 @@ class InceptionFeatures:
         *,
         device: str | torch.device | None = "auto",
         batch_size: int | None = None,
+        force_fp32: bool = False,
     ) -> InceptionFeatures:
-        """Load a TorchScript (fp32 or fp16) or a pytorch-fid state dict, detected by content."""
+        """Load a TorchScript (fp32 or fp16) or a pytorch-fid state dict, detected by content.
+
+        ``force_fp32`` runs an fp16 copy in fp32 on the GPU too (its weights stay rounded)."""
         p = Path(path).expanduser()
         if not p.is_file():
             raise ValueError(f"Inception file {str(p)!r} does not exist; {_EXPECTED}")
@@ -347,6 +351,7 @@ class InceptionFeatures:
             fmt=fmt,
             device=device,
             batch_size=batch_size,
+            force_fp32=force_fp32,
         )
 
     @classmethod
