@@ -123,15 +123,16 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     progress = sys.stderr.isatty() and not args.json
+    # The network first: a missing or corrupt file fails before any image is decoded.
+    extractor = InceptionFeatures.resolve(
+        args.inception, device=args.device, batch_size=args.batch_size
+    )
     samples = load_samples(args.samples)
     if args.n is not None and args.n > samples.shape[0]:
         raise ValueError(
             f"--n {args.n} but {args.samples} holds {samples.shape[0]} samples; "
             f"generate more or pass --n {samples.shape[0]}"
         )
-    extractor = InceptionFeatures.resolve(
-        args.inception, device=args.device, batch_size=args.batch_size
-    )
     n_gen = args.n or samples.shape[0]
     ref = load_reference(
         args.ref,
