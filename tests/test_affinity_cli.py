@@ -1,0 +1,175 @@
+"""End to end on a real (tiny) run: `antdiff train` → `antdiff affinity` → `antdiff cluster
+--cost affinity` → `antdiff report`, and the `antdiff ntg` specialist path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from antdiff.analysis import TaskAffinity
+from antdiff.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    cfg = {
+        "run": {"dir": str(root / "joint"), "seed": 0},
+        "model": {"preset": "unet-tiny"},
+        "optim": {"batch_size": 16},
+        "train": {
+            "steps": 4,
+            "log_every": 2,
+            "ckpt_every": 2,
+            "progress": False,
+            "tensorboard": False,
+            "sample_n": 4,
+        },
+        "sample": {"sampler": "ddim", "steps": 5, "batch_size": 4},
+    }
+    (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(root / "tiny.yaml")]) == 0
+    return root / "joint"
+
+
+def test_affinity_command_feeds_clustering_and_report(tiny_run, tmp_path, capsys):
+    out = tmp_path / "aff"
+    rc = main(
+        [
+            "affinity",
+            str(tiny_run),
+            "--all-checkpoints",
+            "--bins",
+            "4",
+            "--images",
+            "12",
+            "--batch-size",
+            "12",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "task affinity: 4×4 bins, 12 images, 2 checkpoint(s), exact" in text
+    aff = TaskAffinity.load(out)
+    assert aff.matrix.shape == (4, 4) and aff.num_checkpoints == 2
+    assert np.allclose(np.diag(aff.matrix), 1.0)
+    meta = json.loads((out / "affinity.json").read_text())
+    assert meta["model"]["num_parameters"] > 0 and meta["weights"] == "raw"
+    assert meta["checkpoints"][0].endswith("step_000000002.pt")
+    assert (out / "affinity.png").exists() and (out / "affinity_gap.png").exists()
+    # The sketch mode is chosen by --sketch-dim.
+    assert (
+        main(
+            [
+                "affinity",
+                str(tiny_run),
+                "--bins",
+                "4",
+                "--images",
+                "12",
+                "--sketch-dim",
+                "256",
+                "--out",
+                str(tmp_path / "sk"),
+            ]
+        )
+        == 0
+    )
+    assert TaskAffinity.load(tmp_path / "sk").mode == "sketch"
+    # The matrix feeds the affinity clustering as is.
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "cluster",
+                "--cost",
+                "affinity",
+                "--affinity",
+                str(out / "affinity.npy"),
+                "-k",
+                "2",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    clusters = json.loads(capsys.readouterr().out)
+    assert clusters["k"] == 2 if "k" in clusters else len(clusters["intervals"]) == 2
+    # And the report finds the run and the affinity output.
+    assert main(["report", str(tiny_run), str(out), "--out", str(tmp_path / "rep")]) == 0
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Task affinity (O1)" in report and "figures/affinity_aff.png" in report
+
+
+def test_affinity_command_errors(tiny_run, tmp_path, capsys):
+    assert main(["affinity", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["affinity", str(tiny_run), "--images", "5000", "--out", str(tmp_path / "o")]) == 2
+    assert "lower --images" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "affinity",
+                str(tiny_run),
+                "--mode",
+                "exact",
+                "--sketch-dim",
+                "64",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+
+
+def test_ntg_command_trains_specialists_with_the_joint_budget(tiny_run, tmp_path, capsys):
+    out = tmp_path / "ntg"
+    args = [
+        "ntg",
+        "--joint",
+        str(tiny_run),
+        "--intervals",
+        "0-499,500-999",
+        "--train-specialists",
+        "--train-steps",
+        "2",
+        "--per-device",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main([*args, "--train-only"]) == 0
+    for name in ("specialist_0000-0499_seed0", "specialist_0500-0999_seed0"):
+        run = out / "specialists" / name
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        joint = yaml.safe_load((tiny_run / "config.yaml").read_text())
+        assert cfg["diffusion"]["timestep_range"] in ([0, 499], [500, 999])
+        assert cfg["model"] == joint["model"] and cfg["optim"] == joint["optim"]
+        assert (run / "checkpoints" / "step_000000002.pt").exists()
+    # Measuring needs reference statistics: a clear error, after the specialists are done.
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "--ref REF.npz" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "ntg",
+                "--joint",
+                str(tiny_run),
+                "--specialists",
+                str(tiny_run),
+                "--ref",
+                "x.npz",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
+    assert "not a specialist" in capsys.readouterr().err
