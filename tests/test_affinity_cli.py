@@ -99,7 +99,8 @@ def test_affinity_command_feeds_clustering_and_report(tiny_run, tmp_path, capsys
         == 0
     )
     clusters = json.loads(capsys.readouterr().out)
-    assert clusters["k"] == 2 if "k" in clusters else len(clusters["intervals"]) == 2
+    assert clusters["k"] == 2 and clusters["cost_name"] == "affinity"
+    assert clusters["intervals"][0][0] == 0 and clusters["intervals"][-1][1] == 999
     # And the report finds the run and the affinity output.
     assert main(["report", str(tiny_run), str(out), "--out", str(tmp_path / "rep")]) == 0
     report = (tmp_path / "rep" / "report.md").read_text()
