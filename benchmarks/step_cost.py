@@ -1,0 +1,415 @@
+"""Cost of one ANT training step for every balancer, relative to vanilla training.
+
+For each model, every configuration runs the same training step (forward, backward, AdamW) on
+the same kind of batch, and the median (and mean) step time is divided by vanilla's, measured in
+the same process. Peak GPU memory (``torch.cuda.max_memory_allocated``) is recorded per
+configuration. Configurations:
+
+* ``vanilla``            plain mean loss, one backward (no antdiff at all)
+* ``mean``/``uw``/``dwa``/``rlw``/``famo``/``continuous_uw``   loss-based balancers through the engine
+* ``nash@1``, ``nash@25``  NashMTL recomputing α every step / every 25 steps (ANT's default)
+* ``pcgrad``, ``mgda``, ``imtlg``, ``cagrad``, ``upgrad``      gradient balancers, engine ``split`` mode
+* ``pcgrad[retain_graph]`` the official per-cluster gradients (k backwards through one graph)
+* ``pcgrad[gramian]``      torchjd autogram Gramian + one weighted backward (memory mode)
+
+Models: an ADM/DDPM-CIFAR-10-like ``UNet2DModel`` (35.7M parameters, 32×32×3, channels
+(128, 256, 256, 256), 2 res-blocks per level, attention at 16×16) and a DiT-S/2-sized
+``DiTTransformer2DModel`` (depth 12, hidden 384, 6 heads, patch 2, 32×32×4 latents, learned σ).
+k = 5 clusters, batch 128, bf16 autocast, on the GPU. ``--smoke`` runs tiny models on the CPU in
+seconds (it checks that every configuration runs; its ratios mean nothing).
+
+    python benchmarks/step_cost.py                # GPU, ~3-5 min on one H100
+    python benchmarks/step_cost.py --smoke        # CPU, seconds
+
+Writes a JSON file (``--out``) and prints a Markdown table, then the targets of issue 3 with the
+measured values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from antdiff import NoiseSchedule, TaskClusters, TimestepSampler
+from antdiff.mtl import ClusterGradientEngine, make_balancer
+
+
+# ============================================================================ models
+def build_unet(smoke: bool) -> tuple[nn.Module, tuple[int, int, int], bool]:
+    from diffusers import UNet2DModel
+
+    if smoke:
+        cfg: dict[str, Any] = dict(
+            sample_size=8,
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+            norm_num_groups=4,
+            attention_head_dim=8,
+        )
+        shape = (3, 8, 8)
+    else:
+        # google/ddpm-cifar10-32 (the DDPM CIFAR-10 UNet, ≈35.7M parameters).
+        cfg = dict(
+            sample_size=32,
+            block_out_channels=(128, 256, 256, 256),
+            layers_per_block=2,
+            down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+            norm_eps=1e-6,
+        )
+        shape = (3, 32, 32)
+    return UNet2DModel(in_channels=3, out_channels=3, **cfg), shape, False
+
+
+def build_dit(smoke: bool) -> tuple[nn.Module, tuple[int, int, int], bool]:
+    from diffusers import DiTTransformer2DModel
+
+    if smoke:
+        cfg: dict[str, Any] = dict(
+            num_attention_heads=2, attention_head_dim=8, num_layers=2, sample_size=8
+        )
+        shape = (4, 8, 8)
+    else:
+        cfg = dict(num_attention_heads=6, attention_head_dim=64, num_layers=12, sample_size=32)
+        shape = (4, 32, 32)
+    model = DiTTransformer2DModel(
+        in_channels=4, out_channels=8, patch_size=2, num_embeds_ada_norm=1000, **cfg
+    )
+    # Label dropout is drawn outside the model (the engine needs a deterministic closure).
+    for module in model.modules():
+        if hasattr(module, "dropout_prob"):
+            module.dropout_prob = 0.0
+    return model, shape, True
+
+
+MODELS: dict[str, Callable[[bool], tuple[nn.Module, tuple[int, int, int], bool]]] = {
+    "unet": build_unet,
+    "dit": build_dit,
+}
+
+# (label, balancer name or None for vanilla, hyper-parameters, engine mode)
+CONFIGS: list[tuple[str, str | None, dict[str, Any], str]] = [
+    ("vanilla", None, {}, "split"),
+    ("mean", "mean", {}, "split"),
+    ("uw", "uw", {}, "split"),
+    ("dwa", "dwa", {}, "split"),
+    ("rlw", "rlw", {}, "split"),
+    ("famo", "famo", {}, "split"),
+    ("continuous_uw", "continuous_uw", {}, "split"),
+    ("nash@25", "nash", {"update_every": 25}, "split"),
+    ("nash@1", "nash", {"update_every": 1}, "split"),
+    ("pcgrad", "pcgrad", {}, "split"),
+    ("mgda", "mgda", {}, "split"),
+    ("imtlg", "imtlg", {}, "split"),
+    ("cagrad", "cagrad", {}, "split"),
+    ("upgrad", "upgrad", {}, "split"),
+    ("pcgrad[retain_graph]", "pcgrad", {}, "retain_graph"),
+    ("pcgrad[gramian]", "pcgrad", {}, "gramian"),
+]
+
+
+@dataclass
+class Measurement:
+    model: str
+    label: str
+    balancer: str | None
+    mode: str
+    times_ms: list[float] = field(default_factory=list)
+    median_ms: float = math.nan
+    mean_ms: float = math.nan
+    ratio_median: float = math.nan
+    ratio_mean: float = math.nan
+    peak_mem_gib: float | None = None
+    error: str | None = None
+
+
+# ============================================================================ one configuration
+class Workload:
+    """Random data and the ε-prediction closure for one model (same for every configuration)."""
+
+    def __init__(self, model_name: str, args: argparse.Namespace, device: torch.device) -> None:
+        self.name = model_name
+        self.args = args
+        self.device = device
+        self.schedule = NoiseSchedule.from_name("linear", 1000)
+        self.abar = self.schedule.tensor(device=device)
+        self.sampler = TimestepSampler(TaskClusters.uniform(1000, args.k), "stratified")
+        _, self.shape, self.conditional = MODELS[model_name](args.smoke)
+        self.gen = torch.Generator().manual_seed(0)
+
+    def new_model(self) -> nn.Module:
+        torch.manual_seed(0)
+        model, _, _ = MODELS[self.name](self.args.smoke)
+        return model.to(self.device).train()
+
+    def new_batch(
+        self,
+    ) -> tuple[Any, Callable[[torch.Tensor], torch.Tensor], Callable[[], torch.Tensor]]:
+        B, dev = self.args.batch, self.device
+        batch = self.sampler.sample(B, generator=self.gen).to(dev)
+        x0 = torch.randn((B, *self.shape), generator=self.gen).clamp(-1, 1).to(dev)
+        noise = torch.randn((B, *self.shape), generator=self.gen).to(dev)
+        labels = torch.randint(0, 1000, (B,), generator=self.gen).to(dev)
+        a = self.abar[batch.timesteps].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        return batch, x_t, noise, labels
+
+    def closure(self, model, batch, x_t, noise, labels):
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda"
+            else torch.autocast("cpu", enabled=False)
+        )
+        c = self.shape[0]
+
+        def compute_losses(index: torch.Tensor) -> torch.Tensor:
+            with autocast:
+                if self.conditional:
+                    out = model(
+                        x_t[index], timestep=batch.timesteps[index], class_labels=labels[index]
+                    ).sample
+                else:
+                    out = model(x_t[index], batch.timesteps[index]).sample
+            return ((out[:, :c].float() - noise[index]) ** 2).mean(dim=(1, 2, 3))
+
+        return compute_losses
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(
+    work: Workload, label: str, balancer: str | None, hyper: dict[str, Any], mode: str
+) -> Measurement:
+    args, dev = work.args, work.device
+    m = Measurement(work.name, label, balancer, mode if balancer else "-")
+    model = engine = opt = bal = None
+    try:
+        model = work.new_model()
+        params: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+        if balancer is not None:
+            if balancer == "continuous_uw":
+                hyper = {**hyper, "schedule": work.schedule}
+            bal = make_balancer(balancer, args.k, **hyper).to(dev)
+            params += bal.param_groups()
+            engine = ClusterGradientEngine(model, bal, mode=mode)
+        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+        batches = [work.new_batch() for _ in range(args.distinct_batches)]
+
+        def one_step(i: int) -> None:
+            batch, x_t, noise, labels = batches[i % len(batches)]
+            closure = work.closure(model, batch, x_t, noise, labels)
+            opt.zero_grad(set_to_none=True)
+            if engine is None:
+                index = torch.arange(batch.batch_size, device=dev)
+                closure(index).mean().backward()
+                opt.step()
+            else:
+                engine.step(closure, batch, record=False)
+                opt.step()
+                engine.after_optimizer_step(closure, batch)
+
+        for i in range(args.warmup):
+            one_step(i)
+        sync(dev)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        # Cap slow configurations (retain_graph, gramian) to the time budget of one configuration.
+        t0 = time.perf_counter()
+        one_step(args.warmup)
+        sync(dev)
+        first = time.perf_counter() - t0
+        m.times_ms.append(first * 1e3)
+        steps = max(3, min(args.steps, int(args.budget_s / max(first, 1e-6))))
+        for i in range(1, steps):
+            t0 = time.perf_counter()
+            one_step(args.warmup + i)
+            sync(dev)
+            m.times_ms.append((time.perf_counter() - t0) * 1e3)
+        m.median_ms = statistics.median(m.times_ms)
+        m.mean_ms = statistics.fmean(m.times_ms)
+        if dev.type == "cuda":
+            m.peak_mem_gib = torch.cuda.max_memory_allocated(dev) / 2**30
+    except Exception as e:
+        m.error = f"{type(e).__name__}: {e}"
+        traceback.print_exc(file=sys.stderr)
+    finally:
+        model = engine = opt = bal = None  # free the GPU memory before the next configuration
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    return m
+
+
+# ============================================================================ report
+def markdown(results: list[Measurement], device_name: str) -> str:
+    lines = [
+        f"Step cost on {device_name} (k = {ARGS.k}, batch {ARGS.batch}"
+        f"{', bf16 autocast' if 'cuda' in ARGS.device else ''}); ratio = step time / vanilla step time "
+        "measured in the same run.",
+        "",
+        "| model | configuration | engine mode | median ms | ratio (median) | ratio (mean) | peak GiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in results:
+        if m.error:
+            lines.append(f"| {m.model} | {m.label} | {m.mode} | error: {m.error[:60]} | | | |")
+            continue
+        mem = f"{m.peak_mem_gib:.2f}" if m.peak_mem_gib is not None else "-"
+        lines.append(
+            f"| {m.model} | {m.label} | {m.mode} | {m.median_ms:.1f} | {m.ratio_median:.3f} | "
+            f"{m.ratio_mean:.3f} | {mem} |"
+        )
+    return "\n".join(lines)
+
+
+def targets(results: list[Measurement]) -> str:
+    by = {(m.model, m.label): m for m in results if not m.error}
+    out = ["", "Targets (issue 3):", ""]
+    for model in sorted({m.model for m in results}):
+        checks = [
+            ("uw", "ratio_median", 1.02, "UW ≤ 1.02× vanilla (median)"),
+            ("nash@25", "ratio_mean", 1.02, "Nash every 25 steps ≤ 1.02× (mean: amortised)"),
+            ("nash@1", "ratio_median", 1.20, "Nash every step ≤ 1.20× (median)"),
+            ("pcgrad", "ratio_median", 1.15, "PCGrad ≤ 1.15× (median)"),
+        ]
+        for label, key, limit, text in checks:
+            m = by.get((model, label))
+            if m is None:
+                continue
+            v = getattr(m, key)
+            out.append(f"- {model}: {text}: {v:.3f} → {'met' if v <= limit else 'MISSED'}")
+        split, retain = by.get((model, "pcgrad")), by.get((model, "pcgrad[retain_graph]"))
+        if split and retain:
+            s = retain.median_ms / split.median_ms
+            out.append(
+                f"- {model}: split PCGrad ≥ 2.5× faster than retain_graph PCGrad: {s:.2f}× → "
+                f"{'met' if s >= 2.5 else 'MISSED'}"
+            )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    global ARGS
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny models on the CPU, a few seconds")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--models", default="unet,dit")
+    p.add_argument("--configs", default=None, help="comma-separated labels (default: all)")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--batch", type=int, default=None, help="default 128 (10 with --smoke)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="timed steps (default 30; 3 with --smoke)"
+    )
+    p.add_argument("--warmup", type=int, default=None, help="default 5 (1 with --smoke)")
+    p.add_argument("--budget-s", type=float, default=20.0, help="time cap per configuration")
+    p.add_argument("--distinct-batches", type=int, default=4)
+    p.add_argument(
+        "--out", default=None, help="JSON file (default benchmarks/results/step_cost_<device>.json)"
+    )
+    args = p.parse_args(argv)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    args.batch = args.batch or (10 if args.smoke else 128)
+    args.steps = args.steps or (3 if args.smoke else 30)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 5)
+    ARGS = args
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+        device_name = torch.cuda.get_device_name(dev)
+    else:
+        if args.smoke:
+            # Smoke mode only checks that everything runs; one thread keeps it fast on a busy
+            # machine (OpenMP threads spin-waiting for a shared core cost 10-100x there).
+            torch.set_num_threads(1)
+        device_name = (
+            f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        )
+    wanted = None if args.configs is None else set(args.configs.split(","))
+    configs = [c for c in CONFIGS if wanted is None or c[0] in wanted or c[0] == "vanilla"]
+
+    results: list[Measurement] = []
+    started = time.perf_counter()
+    for model_name in args.models.split(","):
+        if model_name not in MODELS:
+            p.error(f"unknown model {model_name!r}; choose from {', '.join(MODELS)}")
+        work = Workload(model_name, args, dev)
+        rows = []
+        for label, balancer, hyper, mode in configs:
+            m = measure(work, label, balancer, hyper, mode)
+            print(
+                f"[{time.perf_counter() - started:6.1f}s] {model_name:5s} {label:22s} "
+                + (
+                    f"error {m.error}"
+                    if m.error
+                    else f"median {m.median_ms:8.2f} ms ({len(m.times_ms)} steps)"
+                ),
+                flush=True,
+            )
+            rows.append(m)
+        # Vanilla again at the end: the baseline is the mean of both runs, the drift is reported.
+        again = measure(work, "vanilla", None, {}, "split")
+        base = [r for r in rows if r.label == "vanilla" and not r.error]
+        if base and not again.error:
+            drift = again.median_ms / base[0].median_ms - 1
+            print(f"        vanilla drift over the run: {drift:+.1%}", flush=True)
+            base[0].times_ms += again.times_ms
+            base[0].median_ms = statistics.median(base[0].times_ms)
+            base[0].mean_ms = statistics.fmean(base[0].times_ms)
+        if base:
+            for r in rows:
+                if not r.error:
+                    r.ratio_median = r.median_ms / base[0].median_ms
+                    r.ratio_mean = r.mean_ms / base[0].mean_ms
+        results += rows
+
+    table = markdown(results, device_name)
+    report = {
+        "device": device_name,
+        "torch": torch.__version__,
+        "diffusers": __import__("diffusers").__version__,
+        "python": platform.python_version(),
+        "args": vars(args),
+        "seconds": time.perf_counter() - started,
+        "results": [asdict(r) for r in results],
+    }
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(__file__).parent
+        / "results"
+        / (f"step_cost_{'smoke' if args.smoke else dev.type}.json")
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print()
+    print(table)
+    print(targets(results))
+    print(f"\nwrote {out}")
+    return 1 if any(r.error for r in results) else 0
+
+
+ARGS: argparse.Namespace
+
+if __name__ == "__main__":
+    sys.exit(main())
