@@ -49,7 +49,7 @@ def joint_config(args: argparse.Namespace) -> dict:
         "data": {"spec": args.data, "random_flip": True},
         "model": {
             "preset": "unet-ddpm-cifar10",
-            "overrides": {"block_out_channels": args.channels},
+            "overrides": {"block_out_channels": args.channels, **args.model_overrides},
         },
         "diffusion": {"schedule": "linear", "num_timesteps": 1000, "prediction": "epsilon"},
         "ant": {"enabled": False, "k": 5},
@@ -57,9 +57,9 @@ def joint_config(args: argparse.Namespace) -> dict:
         "ema": {"decay": args.ema},
         "train": {
             "steps": args.steps,
-            "device": "cuda",
-            "precision": "bf16",
-            "channels_last": True,
+            "device": "auto",
+            "precision": "bf16" if args.cuda else "fp32",
+            "channels_last": args.cuda,
             "log_every": 100,
             "ckpt_every": max(500, args.steps // 4),
             "keep_last": 2,
@@ -98,6 +98,12 @@ def main() -> int:
     ap.add_argument(
         "--channels", type=int, nargs="+", default=[64, 128, 128, 128], help="UNet widths per level"
     )
+    ap.add_argument(
+        "--model-overrides",
+        type=json.loads,
+        default={},
+        help='more preset overrides as JSON, e.g. {"dropout": 0.0}',
+    )
     ap.add_argument("--intervals", default="uniform:5")
     ap.add_argument("--per-device", type=int, default=2, help="concurrent trainers per GPU")
     ap.add_argument(
@@ -125,6 +131,8 @@ def main() -> int:
     t_start = time.monotonic()
     os.chdir(ROOT)
 
+    import torch
+
     from antdiff.analysis.ntg_pipeline import (
         parse_intervals,
         run_finished,
@@ -132,7 +140,8 @@ def main() -> int:
         write_specialist_configs,
     )
 
-    if not Path(args.data).exists():
+    args.cuda = torch.cuda.is_available()
+    if args.data != "digits" and not Path(args.data).exists():
         raise SystemExit(
             f"CIFAR-10 archive {args.data} not found: carry it (see the module docstring)"
         )
@@ -214,7 +223,7 @@ def main() -> int:
             sys.executable, "-m", "antdiff.cli", "ntg", "--joint", str(runs[0]), "--intervals", args.intervals,
             "--specialists", *specialists, "--ref", str(ref), "--n", str(args.n), "--seeds", args.seeds,
             "--sampler", args.sampler, "--steps", str(args.sampling_steps), "--batch-size", "1000",
-            "--precision", "bf16", "--device", "cuda" if dev.startswith("cuda") else dev,
+            "--precision", "bf16" if args.cuda else "fp32", "--device", "cuda" if dev.startswith("cuda") else dev,
             "--shard", f"{i}/{len(gpus)}", "--out", str(ntg_out),
         ]  # fmt: skip
         if args.inception:
