@@ -9,6 +9,16 @@ from torch import nn
 from antdiff import TimestepBatch
 from antdiff.mtl import ClusterGradientEngine, make_balancer
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models: intra-op threads only add contention (pytest -n 2 on 2 cores); restored after.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 GRADIENT_METHODS = ["pcgrad", "nash", "mgda", "imtlg", "cagrad", "upgrad"]
 K = 4
 

@@ -28,6 +28,15 @@ from antdiff.mtl import (
 from antdiff.mtl.upgrad import NNLSDualConeProjector
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models: intra-op threads only add contention (pytest -n 2 on 2 cores); restored after.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def make_batch(ids: list[int], k: int, T: int = 1000) -> TimestepBatch:
     clusters = TaskClusters.uniform(T, k)
     ids_t = torch.tensor(ids, dtype=torch.long)

@@ -11,6 +11,15 @@ from antdiff.mtl import NashMTL, NashSolverWarning, solve_nash
 from antdiff.mtl.nash import nash_residual
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models: intra-op threads only add contention (pytest -n 2 on 2 cores); restored after.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def random_gram(k: int, seed: int, scale: float) -> np.ndarray:
     rng = np.random.default_rng(seed)
     g = rng.normal(size=(k, 3 * k)) + rng.normal(size=3 * k)  # correlated, like cluster grads

@@ -10,6 +10,16 @@ import torch
 from antdiff import NoiseSchedule, TaskClusters, TimestepBatch
 from antdiff.mtl import BALANCERS, make_balancer
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models: intra-op threads only add contention (pytest -n 2 on 2 cores); restored after.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 K = 3
 CLUSTERS = TaskClusters.uniform(60, K)
 SCHEDULE = NoiseSchedule.from_name("linear", 60)

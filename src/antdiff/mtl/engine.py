@@ -138,7 +138,7 @@ class ClusterGradientEngine:
             process_group = model.process_group
         self.process_group = process_group
         self.mode = self._resolve_mode(mode)
-        self._buffer: Tensor | None = None
+        self._buffer: _GradBuffer | None = None
 
     # ------------------------------------------------------------------ configuration
     def _resolve_mode(self, mode: str) -> str:
@@ -292,42 +292,15 @@ class ClusterGradientEngine:
         )
 
     # ------------------------------------------------------------------ split / retain_graph
-    def _get_buffer(self, rows: int, cols: int, device: torch.device) -> Tensor:
+    def _get_buffer(self, params: list[nn.Parameter], k: int) -> _GradBuffer:
         buf = self._buffer
-        if buf is None or buf.shape != (rows, cols) or buf.device != device:
-            buf = None
-            self._buffer = None
-            buf = torch.zeros(rows, cols, dtype=torch.float32, device=device)
+        if buf is None or not buf.matches(params, k):
+            self._buffer = None  # free the old one before allocating
+            buf = _GradBuffer(params, k)
             self._buffer = buf
         else:
-            buf.zero_()
+            buf.data.zero_()
         return buf
-
-    @staticmethod
-    def _layout(params: list[nn.Parameter]) -> list[tuple[int, int]]:
-        out, off = [], 0
-        for p in params:
-            out.append((off, p.numel()))
-            off += p.numel()
-        return out
-
-    @staticmethod
-    def _bind(params: list[nn.Parameter], layout: list[tuple[int, int]], row: Tensor) -> None:
-        # Autograd accumulates in place into an existing .grad, so pointing .grad at the buffer
-        # row makes the backward write the cluster gradient there directly (no copy, no extra P).
-        for p, (off, n) in zip(params, layout):
-            if p.dtype == row.dtype and p.device == row.device:
-                p.grad = row[off : off + n].view_as(p)
-            else:
-                p.grad = None
-
-    @staticmethod
-    def _collect(params: list[nn.Parameter], layout: list[tuple[int, int]], row: Tensor) -> None:
-        for p, (off, n) in zip(params, layout):
-            if p.dtype != row.dtype or p.device != row.device:
-                if p.grad is not None:
-                    row[off : off + n].copy_(p.grad.reshape(-1))
-                p.grad = None
 
     @contextlib.contextmanager
     def _track_touched(self, params: list[nn.Parameter], touched: list[bool]) -> Iterator[None]:
@@ -349,12 +322,9 @@ class ClusterGradientEngine:
     ) -> StepResult:
         bal = self.balancer
         params = self._params()
-        layout = self._layout(params)
         k = batch.num_clusters
-        size = sum(n for _, n in layout)
-        n_flags = math.ceil(len(params) / k)
-        # Row i: [Σ_b∈i ∇ℓ_b (P) | Σ_b∈i ℓ_b | n_i | flags]: one all-reduce carries everything.
-        buf = self._get_buffer(k, size + 2 + n_flags, params[0].device)
+        gb = self._get_buffer(params, k)
+        buf, size = gb.data, gb.size
         counts = [int(c) for c in batch.counts.tolist()]
         ids = batch.cluster_ids
         touched = [False] * len(params)
@@ -370,29 +340,29 @@ class ClusterGradientEngine:
                             continue
                         index = order[start : start + n]
                         start += n
-                        self._bind(params, layout, buf[i])
+                        gb.bind(params, i)
                         s = self._call(compute_losses, index).float().sum()
                         buf[i, size] = s.detach()
                         buf[i, size + 1] = n
                         self._backward(s)
-                        self._collect(params, layout, buf[i])
+                        gb.collect(params, i)
                 else:
                     index = torch.arange(batch.batch_size, device=ids.device)
                     per = self._call(compute_losses, index).float()
                     sums = per.new_zeros(k).index_add(0, ids.to(per.device), per)
                     present_local = [i for i in range(k) if counts[i] > 0]
                     for j, i in enumerate(present_local):
-                        self._bind(params, layout, buf[i])
+                        gb.bind(params, i)
                         self._backward(sums[i], retain_graph=j < len(present_local) - 1)
-                        self._collect(params, layout, buf[i])
+                        gb.collect(params, i)
                     buf[:, size] = sums.detach().to(buf.device)
                     buf[:, size + 1] = torch.tensor(counts, dtype=buf.dtype, device=buf.device)
         finally:
             for p, g in zip(params, stash):
                 p.grad = g
-        flags = torch.zeros(k * n_flags, dtype=buf.dtype)
+        flags = torch.zeros(k * gb.n_flags, dtype=buf.dtype)
         flags[: len(params)] = torch.tensor(touched, dtype=buf.dtype)
-        buf[:, size + 2 :] = flags.view(k, n_flags).to(buf.device)
+        buf[:, size + 2 :] = flags.view(k, gb.n_flags).to(buf.device)
 
         all_reduce_sum(buf, self.process_group)
 
@@ -416,7 +386,7 @@ class ClusterGradientEngine:
             update.mul_(torch.clamp(bal.max_grad_norm / (grad_norm + 1e-6), max=1.0))
         if scale != 1.0:
             update.mul_(scale)
-        for p, (off, n), has in zip(params, layout, touched_global):
+        for p, (off, n), has in zip(params, gb.layout, touched_global):
             if not has:
                 continue
             u = update[off : off + n].view_as(p)
@@ -519,6 +489,59 @@ class ClusterGradientEngine:
             mode="gramian",
             record=bal.record() if record else None,
         )
+
+
+class _GradBuffer:
+    """The k × (P + 2 + flags) float32 buffer of the split/retain_graph modes, with a cached
+    ``.grad`` view of every parameter into every row.
+
+    Row i holds ``[Σ_{b∈i} ∇ℓ_b (P) | Σ_{b∈i} ℓ_b | n_i | received-a-gradient flags]`` so that one
+    all-reduce carries everything. Autograd accumulates *in place* into an existing ``.grad``, so
+    pointing ``.grad`` at the row makes the backward write the cluster gradient there directly
+    (no copy, no extra P floats). Views are built once: re-slicing ~300 parameters per sub-pass
+    costs milliseconds of Python per step, the cached assignment a fraction of one.
+    """
+
+    def __init__(self, params: list[nn.Parameter], k: int) -> None:
+        self.key = [(id(p), p.shape, p.dtype, p.device) for p in params]
+        self.k = k
+        self.layout: list[tuple[int, int]] = []
+        off = 0
+        for p in params:
+            self.layout.append((off, p.numel()))
+            off += p.numel()
+        self.size = off
+        self.n_flags = math.ceil(len(params) / k)
+        device = params[0].device
+        self.data = torch.zeros(k, self.size + 2 + self.n_flags, dtype=torch.float32, device=device)
+        # Parameters of another dtype (e.g. bf16 weights) get their own .grad, copied after.
+        self.copied = [
+            j for j, p in enumerate(params) if p.dtype != self.data.dtype or p.device != device
+        ]
+        skip = set(self.copied)
+        self.views = [
+            [
+                None if j in skip else self.data[i, off : off + n].view_as(p)
+                for j, (p, (off, n)) in enumerate(zip(params, self.layout))
+            ]
+            for i in range(k)
+        ]
+
+    def matches(self, params: list[nn.Parameter], k: int) -> bool:
+        return k == self.k and self.key == [(id(p), p.shape, p.dtype, p.device) for p in params]
+
+    def bind(self, params: list[nn.Parameter], i: int) -> None:
+        for p, v in zip(params, self.views[i]):
+            p.grad = v
+
+    def collect(self, params: list[nn.Parameter], i: int) -> None:
+        row = self.data[i]
+        for j in self.copied:
+            p = params[j]
+            if p.grad is not None:
+                off, n = self.layout[j]
+                row[off : off + n].copy_(p.grad.reshape(-1))
+            p.grad = None
 
 
 def _remove_autogram_hooks(autogram: Any) -> None:
