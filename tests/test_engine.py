@@ -321,11 +321,14 @@ def test_overflow_is_skipped_by_the_scaler_without_touching_the_balancer():
         ClusterGradientEngine(model2, make_balancer("pcgrad", K)).step(nan_closure, batch)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_mixed_precision_autocast_is_close_to_fp32(dtype):
-    _, g32, r32, _ = sgd_params_after("dit", "imtlg")
+@pytest.mark.parametrize(
+    ("dtype", "mode"),
+    [(torch.bfloat16, "split"), (torch.float16, "split"), (torch.bfloat16, "gramian")],
+)
+def test_mixed_precision_autocast_is_close_to_fp32(dtype, mode):
+    _, g32, r32, _ = sgd_params_after("dit", "imtlg", mode=mode)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8) if dtype == torch.float16 else None
-    _, g, r, _ = sgd_params_after("dit", "imtlg", scaler=scaler, autocast_dtype=dtype)
+    _, g, r, _ = sgd_params_after("dit", "imtlg", scaler=scaler, autocast_dtype=dtype, mode=mode)
     if scaler is not None:
         g = g / 2.0**8
     assert rel(g, g32) < 0.05

@@ -449,12 +449,30 @@ class ClusterGradientEngine:
         k = batch.num_clusters
         ids = batch.cluster_ids
         index = torch.arange(batch.batch_size, device=ids.device)
+        # autogram re-runs every module's forward while it differentiates: it must see the same
+        # autocast state as the user's closure had, or bf16 activations meet fp32 weights.
+        device_type = params[0].device.type
+        autocast_state: dict[str, Any] = {}
+
+        def remember_autocast(_module: nn.Module, _args: Any) -> None:
+            autocast_state["enabled"] = torch.is_autocast_enabled(device_type)
+            autocast_state["dtype"] = torch.get_autocast_dtype(device_type)
+
         autogram = Engine(self.module, batch_dim=0)
+        handle = self.module.register_forward_pre_hook(remember_autocast)
         try:
             per = self._call(compute_losses, index)
+            handle.remove()
             scaled = self.scaler.scale(per.float()) if self._scaler_enabled() else per.float()
-            sample_gram = autogram.compute_gramian(scaled).double()
+            replay = (
+                torch.autocast(device_type, dtype=autocast_state["dtype"])
+                if autocast_state.get("enabled")
+                else contextlib.nullcontext()
+            )
+            with replay:
+                sample_gram = autogram.compute_gramian(scaled).double()
         finally:
+            handle.remove()
             _remove_autogram_hooks(autogram)
         scale = self._scale()
         dev = sample_gram.device
