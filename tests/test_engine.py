@@ -65,27 +65,28 @@ def tiny_dit() -> nn.Module:
 MODELS = {"unet": (tiny_unet, 3), "dit": (tiny_dit, 4)}
 
 
-def make_problem(kind: str, counts=(3, 0, 2, 4), seed: int = 1):
+def make_problem(kind: str, counts=(3, 0, 2, 4), seed: int = 1, device="cpu"):
     """A batch with uneven and absent clusters, and per-cluster targets of alternating sign so that
     the cluster gradients conflict (otherwise PCGrad/UPGrad reduce to the mean)."""
     k = len(counts)
     ids = torch.repeat_interleave(torch.arange(k), torch.tensor(counts))
     g = torch.Generator().manual_seed(seed)
     t = (ids * (1000 // k) + torch.randint(0, 1000 // k, ids.shape, generator=g)).long()
-    batch = TimestepBatch(t, ids, torch.tensor(counts), k)
+    batch = TimestepBatch(t, ids, torch.tensor(counts), k).to(device)
     channels = MODELS[kind][1]
-    x0 = torch.randn(len(ids), channels, 8, 8, generator=g)
-    noise = torch.randn(len(ids), channels, 8, 8, generator=g)
-    labels = torch.randint(0, 10, (len(ids),), generator=g)
-    sign = torch.tensor([1.0, -1.0] * k)[:k][ids]
+    x0 = torch.randn(len(ids), channels, 8, 8, generator=g).to(device)
+    noise = torch.randn(len(ids), channels, 8, 8, generator=g).to(device)
+    labels = torch.randint(0, 10, (len(ids),), generator=g).to(device)
+    sign = torch.tensor([1.0, -1.0] * k)[:k][ids].to(device)
 
     def closure_for(model, autocast_dtype=None):
         def compute_losses(index):
             xt = 0.8 * x0[index] + 0.6 * noise[index]
+            dev = torch.device(device).type
             ctx = (
-                torch.autocast("cpu", dtype=autocast_dtype)
+                torch.autocast(dev, dtype=autocast_dtype)
                 if autocast_dtype is not None
-                else torch.autocast("cpu", enabled=False)
+                else torch.autocast(dev, enabled=False)
             )
             with ctx:
                 if kind == "unet":
