@@ -13,7 +13,7 @@ Designed for two calls of at most 9 minutes on a 4×H100 machine::
 
     # carry the data: mkdir -p .data && cp ../shared/data/cifar10/cifar10-train-jpeg.tar.xz .data/
     python benchmarks/ntg_cifar.py --time-limit 480              # call 1: trains (stops at 8 min)
-    python benchmarks/ntg_cifar.py --time-limit 240              # call 2: finishes, measures, writes $OUT
+    python benchmarks/ntg_cifar.py --time-limit 500              # call 2: finishes, measures, writes $OUT
 
 Results (≤ 8 files) go to ``--out`` (default ``$OUT``): ``ntg.json``, ``ntg.md``, ``ntg.png``,
 ``affinity_cost.json``, ``affinity.png``, ``affinity_gap.png``, ``ntg_cifar_summary.json``.

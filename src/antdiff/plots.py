@@ -199,9 +199,13 @@ def plot_affinity(
     return _save(fig, path)
 
 
-def _binned_trend(x: np.ndarray, y: np.ndarray, nbins: int = 12) -> tuple[np.ndarray, np.ndarray]:
+def _binned_trend(
+    x: np.ndarray, y: np.ndarray, nbins: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
+    if nbins is None:  # about 6 points per bin keeps the median from zig-zagging
+        nbins = int(np.clip(x.size // 6, 2, 12))
     if x.size < 2 or np.ptp(x) == 0:
         return x, y
     edges = np.quantile(x, np.linspace(0, 1, min(nbins, x.size) + 1))

@@ -781,6 +781,9 @@ def task_affinity(
     )
 
 
+_ACTIVATIONS = "the model, and the activations of one forward/backward batch (batch_size samples)"
+
+
 def _memory_statement(mode: str, P: int, nb: int, capacity: int, d: int) -> dict[str, Any]:
     grad = 4 * P
     if mode == "exact":
@@ -790,6 +793,7 @@ def _memory_statement(mode: str, P: int, nb: int, capacity: int, d: int) -> dict
         evals = nb + sum(max(0, nb - (b0 + m)) for b0 in range(0, nb, m))
         return {
             "formula": "4P (.grad) + min(n_b, m+1)·4P (stored fp32 gradients)",
+            "excludes": _ACTIVATIONS,
             "bytes": grad + rows * grad,
             "stored_gradients": rows,
             "streamed": streamed,
@@ -797,6 +801,7 @@ def _memory_statement(mode: str, P: int, nb: int, capacity: int, d: int) -> dict
         }
     return {
         "formula": "4P (.grad) + 4P (int32 hash table) + n_b·d·8 (float64 sketches)",
+        "excludes": _ACTIVATIONS,
         "bytes": grad + grad + nb * d * 8,
         "gradient_evaluations_per_checkpoint": nb,
     }
