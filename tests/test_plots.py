@@ -170,3 +170,31 @@ def test_affinity_and_ntg_plots_render(tmp_path):
     assert _is_png(P.plot_ntg(t1, tmp_path / "ntg1.png"))
     assert _is_png(P.plot_ntg({"vanilla": t1, "ANT-UW": t2}, tmp_path / "ntg2.png"))
     assert _is_png(P.plot_clusters(TaskClusters.uniform(T, 5), SCHEDULE, tmp_path / "clusters.png"))
+
+
+def test_conflicts_from_the_real_pcgrad_record(tmp_path):
+    """The reader understands what antdiff.mtl's PCGrad logs (cosine matrix with null for
+    absent clusters, and the list of conflicting pairs)."""
+    import torch
+
+    from antdiff.mtl import make_balancer
+
+    bal = make_balancer("pcgrad", K)
+    G = torch.eye(K, dtype=torch.float64) * 2.0
+    G[0, 3] = G[3, 0] = -0.5
+    G[1, 2] = G[2, 1] = 0.3
+    bal.weights(G, torch.ones(K), torch.ones(K, dtype=torch.bool))
+    rec = bal.record()
+    assert [0, 3] in rec["conflicts"]
+    absent = make_balancer("pcgrad", K)
+    present = torch.tensor([True, True, False, True])
+    Ga = G.clone()
+    Ga[2, :] = Ga[:, 2] = 0.0  # an absent cluster has no gradient
+    absent.weights(Ga, torch.tensor([1.0, 1.0, 0.0, 1.0]), present)
+    root = write_run(tmp_path / "real", "uw", lines=2, corrupt_tail=False)
+    lines = [json.loads(s) for s in (root / "metrics.jsonl").read_text().splitlines()]
+    lines[0]["balancer"], lines[1]["balancer"] = rec, absent.record()
+    (root / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    c = read_training_log(root).conflicts()
+    assert c[0, 0, 3] == 1 and c[0, 1, 2] == 0 and c[0, 0, 1] == 0
+    assert c[1, 0, 3] == 1 and np.isnan(c[1, 0, 2]) and np.isnan(c[1, 2, 3])

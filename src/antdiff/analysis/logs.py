@@ -188,25 +188,12 @@ class TrainingLog:
 
 
 def _conflict_matrix(rec: dict[str, Any], k: int) -> np.ndarray | None:
-    for key in _CONFLICT_KEYS:
-        v = rec.get(key)
-        if v is None:
-            continue
-        a = np.asarray(v, dtype=object)
-        if a.ndim == 2 and a.shape == (k, k):
-            m = np.array([[_num(x) for x in row] for row in v], dtype=np.float64)
-            m = (m > 0).astype(np.float64) * np.where(np.isfinite(m), 1.0, np.nan)
-            np.fill_diagonal(m, np.nan)
-            return m
-        if a.ndim == 2 and a.shape[1] == 2 or (isinstance(v, list) and len(v) == 0):
-            m = np.zeros((k, k))
-            for i, j in v:
-                m[int(i), int(j)] = m[int(j), int(i)] = 1.0
-            np.fill_diagonal(m, np.nan)
-            return m
+    """Conflicts of one balancer record. The signed k×k matrix (``cosine``, which every
+    gradient balancer logs, with null for clusters absent from the batch) is preferred: it marks
+    absent clusters unknown, where a list of conflicting pairs cannot."""
     for key in _SIGNED_MATRIX_KEYS:
         v = rec.get(key)
-        if v is None:
+        if not isinstance(v, list) or len(v) != k:
             continue
         m = np.array([[_num(x) for x in row] for row in v], dtype=np.float64)
         if m.shape != (k, k):
@@ -214,6 +201,23 @@ def _conflict_matrix(rec: dict[str, Any], k: int) -> np.ndarray | None:
         out = np.where(np.isfinite(m), (m < 0).astype(np.float64), np.nan)
         np.fill_diagonal(out, np.nan)
         return out
+    for key in _CONFLICT_KEYS:
+        v = rec.get(key)
+        if not isinstance(v, list):
+            continue
+        if len(v) == k and all(isinstance(r, list) and len(r) == k for r in v) and k != 2:
+            # A k×k 0/1 matrix (k = 2 is read as pairs: a 2×2 matrix and two pairs look alike,
+            # and with two clusters there is only one pair).
+            m = np.array([[_num(x) for x in row] for row in v], dtype=np.float64)
+            m = np.where(np.isfinite(m), (m > 0).astype(np.float64), np.nan)
+            np.fill_diagonal(m, np.nan)
+            return m
+        if all(isinstance(p, (list, tuple)) and len(p) == 2 for p in v):
+            m = np.zeros((k, k))
+            for i, j in v:
+                m[int(i), int(j)] = m[int(j), int(i)] = 1.0
+            np.fill_diagonal(m, np.nan)
+            return m
     return None
 
 
