@@ -28,6 +28,7 @@ CASES = [
     ("unet", "nash", {"update_every": 2}, "split"),
     ("unet", "mgda", {}, "split"),
     ("unet", "upgrad", {}, "retain_graph"),
+    ("unet", "imtlg", {}, "vmap"),
     ("dit", "pcgrad", {}, "split"),  # DiT has a buffer (pos_embed) that DDP broadcasts
     ("dit", "uw", {}, "split"),
 ]
