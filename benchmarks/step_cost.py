@@ -250,69 +250,127 @@ def measure_graph(work: Workload, label: str) -> Measurement:
     return m
 
 
-def measure(
-    work: Workload, label: str, balancer: str | None, hyper: dict[str, Any], mode: str
-) -> Measurement:
-    if mode == "cuda_graph":
-        return measure_graph(work, label)
-    args, dev = work.args, work.device
-    m = Measurement(work.name, label, balancer, mode if balancer else "-")
-    model = engine = opt = bal = None
-    try:
-        model = work.new_model()
-        params: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+class Runner:
+    """One configuration's training step on the shared model and optimiser."""
+
+    def __init__(
+        self,
+        work: Workload,
+        model: nn.Module,
+        label: str,
+        balancer: str | None,
+        hyper: dict[str, Any],
+        mode: str,
+    ) -> None:
+        self.work, self.model = work, model
+        self.m = Measurement(work.name, label, balancer, mode if balancer else "-")
+        self.bal = self.engine = None
+        self.params: list[dict[str, Any]] = []
         if balancer is not None:
             if balancer == "continuous_uw":
                 hyper = {**hyper, "schedule": work.schedule}
-            bal = make_balancer(balancer, args.k, **hyper).to(dev)
-            params += bal.param_groups()
-            engine = ClusterGradientEngine(model, bal, mode=mode)
-        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
-        batches = [work.new_batch() for _ in range(args.distinct_batches)]
+            self.bal = make_balancer(balancer, work.args.k, **hyper).to(work.device)
+            self.params = self.bal.param_groups()
+            self.engine = ClusterGradientEngine(model, self.bal, mode=mode)
+        self.i = 0
 
-        def one_step(i: int) -> None:
-            batch, x_t, noise, labels = batches[i % len(batches)]
-            closure = work.closure(model, batch, x_t, noise, labels)
-            opt.zero_grad(set_to_none=True)
-            if engine is None:
-                index = torch.arange(batch.batch_size, device=dev)
-                closure(index).mean().backward()
-                opt.step()
-            else:
-                engine.step(closure, batch, record=False)
-                opt.step()
-                engine.after_optimizer_step(closure, batch)
+    def step(self, opt: torch.optim.Optimizer, batches: list[Any]) -> None:
+        batch, x_t, noise, labels = batches[self.i % len(batches)]
+        self.i += 1
+        closure = self.work.closure(self.model, batch, x_t, noise, labels)
+        opt.zero_grad(set_to_none=True)
+        if self.engine is None:
+            closure(torch.arange(batch.batch_size, device=self.work.device)).mean().backward()
+            opt.step()
+        else:
+            self.engine.step(closure, batch, record=False)
+            opt.step()
+            self.engine.after_optimizer_step(closure, batch)
 
-        for i in range(args.warmup):
-            one_step(i)
-        sync(dev)
+    def run(self, opt: torch.optim.Optimizer, batches: list[Any], n: int, timed: bool) -> None:
+        dev = self.work.device
+        try:
+            for _ in range(n):
+                t0 = time.perf_counter()
+                self.step(opt, batches)
+                sync(dev)
+                if timed:
+                    self.m.times_ms.append((time.perf_counter() - t0) * 1e3)
+        except Exception as e:
+            self.m.error = f"{type(e).__name__}: {e}"
+            traceback.print_exc(file=sys.stderr)
+        finally:
+            if self.engine is not None:
+                self.engine.release_buffers()  # each configuration's memory is measured alone
+
+
+def measure_model(
+    work: Workload, configs: list[tuple[str, str | None, dict[str, Any], str]], started: float
+) -> list[Measurement]:
+    """All configurations of one model, interleaved: every round runs a few timed steps of each
+    configuration in turn, so slow drifts of the machine (clocks, other tenants) hit all of them
+    alike instead of biasing whichever ran last."""
+    args, dev = work.args, work.device
+    model = work.new_model()
+    runners, graph_rows = [], []
+    for label, balancer, hyper, mode in configs:
+        if mode == "cuda_graph":
+            graph_rows.append(label)
+            continue
+        try:
+            runners.append(Runner(work, model, label, balancer, hyper, mode))
+        except Exception as e:
+            m = Measurement(work.name, label, balancer, mode)
+            m.error = f"{type(e).__name__}: {e}"
+            runners.append(m)  # type: ignore[arg-type]
+    live = [r for r in runners if isinstance(r, Runner)]
+    groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+    for r in live:
+        groups += r.params
+    opt = torch.optim.AdamW(groups, lr=1e-4, weight_decay=0.0)
+    batches = [work.new_batch() for _ in range(args.distinct_batches)]
+    # warm-up round, with each configuration's peak memory measured on its own
+    for r in live:
         if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        # Cap slow configurations (retain_graph, gramian) to the time budget of one configuration.
-        t0 = time.perf_counter()
-        one_step(args.warmup)
-        sync(dev)
-        first = time.perf_counter() - t0
-        m.times_ms.append(first * 1e3)
-        steps = max(3, min(args.steps, int(args.budget_s / max(first, 1e-6))))
-        for i in range(1, steps):
-            t0 = time.perf_counter()
-            one_step(args.warmup + i)
             sync(dev)
-            m.times_ms.append((time.perf_counter() - t0) * 1e3)
-        m.median_ms = statistics.median(m.times_ms)
-        m.mean_ms = statistics.fmean(m.times_ms)
-        if dev.type == "cuda":
-            m.peak_mem_gib = torch.cuda.max_memory_allocated(dev) / 2**30
-    except Exception as e:
-        m.error = f"{type(e).__name__}: {e}"
-        traceback.print_exc(file=sys.stderr)
-    finally:
-        model = engine = opt = bal = None  # free the GPU memory before the next configuration
-        gc.collect()
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-    return m
+            torch.cuda.reset_peak_memory_stats(dev)
+        r.run(opt, batches, args.warmup, timed=False)
+        if dev.type == "cuda" and not r.m.error:
+            r.m.peak_mem_gib = torch.cuda.max_memory_allocated(dev) / 2**30
+    per_round = max(1, min(args.steps, args.steps_per_round))
+    rounds = math.ceil(args.steps / per_round)
+    spent = {id(r): 0.0 for r in live}
+    for rnd in range(rounds):
+        for r in live:
+            # Slow configurations (retain_graph, gramian) stop once they used their time budget.
+            if r.m.error or spent[id(r)] > args.budget_s:
+                continue
+            t0 = time.perf_counter()
+            r.run(opt, batches, per_round, timed=True)
+            spent[id(r)] += time.perf_counter() - t0
+        print(
+            f"[{time.perf_counter() - started:6.1f}s] {work.name}: round {rnd + 1}/{rounds}",
+            flush=True,
+        )
+    results = [r.m if isinstance(r, Runner) else r for r in runners]
+    model = opt = None
+    runners = live = []
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    for label in graph_rows:
+        results.append(measure_graph(work, label))
+    for m in results:
+        if m.times_ms:
+            m.median_ms = statistics.median(m.times_ms)
+            m.mean_ms = statistics.fmean(m.times_ms)
+    base = next((m for m in results if m.label == "vanilla" and not m.error), None)
+    if base is not None:
+        for m in results:
+            if m.times_ms and not m.error:
+                m.ratio_median = m.median_ms / base.median_ms
+                m.ratio_mean = m.mean_ms / base.mean_ms
+    return results
 
 
 # ============================================================================ report
@@ -393,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--warmup", type=int, default=None, help="default 5 (1 with --smoke)")
     p.add_argument("--budget-s", type=float, default=20.0, help="time cap per configuration")
+    p.add_argument("--steps-per-round", type=int, default=5, help="timed steps per turn")
     p.add_argument("--distinct-batches", type=int, default=4)
     p.add_argument(
         "--out", default=None, help="JSON file (default benchmarks/results/step_cost_<device>.json)"
@@ -427,12 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     for model_name in args.models.split(","):
         if model_name not in MODELS:
             p.error(f"unknown model {model_name!r}; choose from {', '.join(MODELS)}")
-        work = Workload(model_name, args, dev)
-        rows = []
-        for label, balancer, hyper, mode in configs:
-            m = measure(work, label, balancer, hyper, mode)
+        rows = measure_model(Workload(model_name, args, dev), configs, started)
+        for m in rows:
             print(
-                f"[{time.perf_counter() - started:6.1f}s] {model_name:5s} {label:22s} "
+                f"        {model_name:5s} {m.label:22s} "
                 + (
                     f"error {m.error}"
                     if m.error
@@ -440,21 +497,6 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 flush=True,
             )
-            rows.append(m)
-        # Vanilla again at the end: the baseline is the mean of both runs, the drift is reported.
-        again = measure(work, "vanilla", None, {}, "split")
-        base = [r for r in rows if r.label == "vanilla" and not r.error]
-        if base and not again.error:
-            drift = again.median_ms / base[0].median_ms - 1
-            print(f"        vanilla drift over the run: {drift:+.1%}", flush=True)
-            base[0].times_ms += again.times_ms
-            base[0].median_ms = statistics.median(base[0].times_ms)
-            base[0].mean_ms = statistics.fmean(base[0].times_ms)
-        if base:
-            for r in rows:
-                if not r.error:
-                    r.ratio_median = r.median_ms / base[0].median_ms
-                    r.ratio_mean = r.mean_ms / base[0].mean_ms
         results += rows
 
     table = markdown(results, device_name)

@@ -19,6 +19,9 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+# functorch (vmap mode) warns that CPU flash attention has no batching rule: a speed note only.
+pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
+
 GRADIENT_METHODS = ["pcgrad", "nash", "mgda", "imtlg", "cagrad", "upgrad"]
 K = 4
 
