@@ -66,7 +66,7 @@ Log = Callable[[str], None]
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or the gradient became NaN/inf; the model was not updated with it."""
+    """The loss or the gradient became NaN/inf; nothing from that step on was saved."""
 
 
 @dataclass(frozen=True)
@@ -340,6 +340,7 @@ def _train(
     autocast = _autocast(device, precision)
     first, last = cfg.diffusion.timestep_range or (0, objective.num_timesteps - 1)
     mine = torch.arange(rank, B, world)  # this process's positions in the global batch
+    mine_dev = mine.to(device)
     null_label = model.null_class
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
 
@@ -452,11 +453,18 @@ def _train(
             else:
                 t_all = torch.randint(first, last + 1, (B,), generator=gens["timesteps"])
                 tb_batch = TimestepBatch.from_timesteps(t_all[mine], clusters)
-            tb_batch = tb_batch.to(device)
+            # timesteps and cluster ids on the device, the per-cluster counts stay on the host
+            # (reading them there costs no device synchronisation)
+            tb_batch = TimestepBatch(
+                tb_batch.timesteps.to(device, non_blocking=True),
+                tb_batch.cluster_ids.to(device, non_blocking=True),
+                tb_batch.counts,
+                k,
+            )
             t = tb_batch.timesteps
-            noise = torch.randn((B, *x0.shape[1:]), generator=gens["noise"], device=device)[
-                mine.to(device)
-            ]
+            noise = torch.randn((B, *x0.shape[1:]), generator=gens["noise"], device=device)
+            if world > 1:
+                noise = noise[mine_dev]
             y = None
             if model.num_classes is not None:
                 drop = torch.rand(B, generator=gens["labels"])[mine] < cfg.model.class_dropout
@@ -498,10 +506,11 @@ def _train(
                 gn = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
                 ids = tb_batch.cluster_ids
                 cl_sum = torch.zeros(k, device=device).index_add(0, ids, per.detach().float())
-                cl_cnt = torch.bincount(ids, minlength=k).float()
+                cl_cnt = tb_batch.counts.float()  # host-side: no synchronisation
                 weights, record = None, None
 
-            # (d) one small all-reduce and one host sync: statistics, divergence, stop requests
+            # (d) statistics of the step (one small all-reduce), the update, then the step's one
+            # host sync: the update is queued first so the device never waits for the host check
             stats = torch.cat(
                 [
                     cl_sum.float(),
@@ -512,25 +521,24 @@ def _train(
             )
             if world > 1:
                 torch.distributed.all_reduce(stats)
-            vals = stats.tolist()
-            sums, counts, grad_norm, stop_now = vals[:k], vals[k : 2 * k], vals[2 * k], vals[-1] > 0
-            bad = [i for i in range(k) if counts[i] > 0 and not math.isfinite(sums[i])]
-            if bad or (scaler is None and not math.isfinite(grad_norm)):
-                raise TrainingDiverged(
-                    _diverged_message(step + 1, clusters, sums, counts, grad_norm, bad, last_ckpt)
-                )
-
-            # (e) update
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 optimizer.step()
+            if (step + 1) % cfg.ema.update_every == 0:
+                ema.update(model)
+            vals = stats.tolist()
+            sums, counts, grad_norm, stop_now = vals[:k], vals[k : 2 * k], vals[2 * k], vals[-1] > 0
+            bad = [i for i in range(k) if counts[i] > 0 and not math.isfinite(sums[i])]
+            if bad or (scaler is None and not math.isfinite(grad_norm)):
+                # Nothing of this step is ever saved: the in-memory model is abandoned.
+                raise TrainingDiverged(
+                    _diverged_message(step + 1, clusters, sums, counts, grad_norm, bad, last_ckpt)
+                )
             if engine is not None:
                 engine.after_optimizer_step(compute_losses, tb_batch)
             step += 1
-            if step % cfg.ema.update_every == 0:
-                ema.update(model)
             window.add(sums, counts)
             if pbar is not None:
                 total_n = sum(counts)
@@ -632,6 +640,6 @@ def _diverged_message(
         else "no checkpoint was written"
     )
     return (
-        f"training diverged: {what}; cluster losses = [{shown}]. The model was not updated and "
-        f"{keep}. Lower optim.lr, set optim.grad_clip, or train in fp32/bf16"
+        f"training diverged: {what}; cluster losses = [{shown}]. Nothing after the last good "
+        f"step was saved: {keep}. Lower optim.lr, set optim.grad_clip, or train in fp32/bf16"
     )
