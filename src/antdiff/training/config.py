@@ -171,11 +171,11 @@ class AntConfig:
     )
     balancer: str = _f("uw", "MTL balancer (antdiff.mtl.make_balancer): uw, nash, pcgrad, ...")
     balancer_params: dict[str, Any] = _f({}, "Keyword arguments of the balancer.")
-    engine: Literal["auto", "split", "gramian", "retain_graph"] = _f(
+    engine: Literal["auto", "split", "vmap", "gramian", "retain_graph"] = _f(
         "auto",
         "How gradient-based balancers get cluster gradients (antdiff.mtl.ClusterGradientEngine): "
-        "split (one forward+backward per cluster sub-batch), gramian, retain_graph (official); "
-        "auto = split unless the model has BatchNorm.",
+        "split (one forward+backward per cluster sub-batch), vmap (the same in one batched "
+        "pass), gramian, retain_graph (official); auto = split unless the model has BatchNorm.",
     )
 
 
