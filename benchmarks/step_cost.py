@@ -161,7 +161,12 @@ class Workload:
     def new_model(self) -> nn.Module:
         torch.manual_seed(0)
         model, _, _ = MODELS[self.name](self.args.smoke)
-        return model.to(self.device).train()
+        model = model.to(self.device).train()
+        if self.args.compile:
+            # e.g. "reduce-overhead": inductor kernels replayed from CUDA graphs, which removes the
+            # per-kernel Python/launch overhead that dominates eager steps of small models.
+            model = torch.compile(model, mode=self.args.compile)
+        return model
 
     def new_batch(
         self,
@@ -377,7 +382,9 @@ def measure_model(
 def markdown(results: list[Measurement], device_name: str) -> str:
     lines = [
         f"Step cost on {device_name} (k = {ARGS.k}, batch {ARGS.batch}"
-        f"{', bf16 autocast' if 'cuda' in ARGS.device else ''}); ratio = step time / vanilla step time "
+        f"{', bf16 autocast' if 'cuda' in ARGS.device else ''}"
+        f"{f', torch.compile mode={ARGS.compile}' if ARGS.compile else ', eager'}); "
+        "ratio = step time / vanilla step time "
         "measured in the same run.",
         "",
         "| model | configuration | engine mode | median ms | ratio (median) | ratio (mean) | peak GiB |",
@@ -452,6 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=None, help="default 5 (1 with --smoke)")
     p.add_argument("--budget-s", type=float, default=20.0, help="time cap per configuration")
     p.add_argument("--steps-per-round", type=int, default=5, help="timed steps per turn")
+    p.add_argument(
+        "--compile",
+        default=None,
+        help="torch.compile every model with this mode (e.g. reduce-overhead, default)",
+    )
     p.add_argument("--distinct-batches", type=int, default=4)
     p.add_argument(
         "--out", default=None, help="JSON file (default benchmarks/results/step_cost_<device>.json)"
@@ -478,8 +490,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     wanted = None if args.configs is None else set(args.configs.split(","))
     configs = [c for c in CONFIGS if wanted is None or c[0] in wanted or c[0] == "vanilla"]
-    if dev.type != "cuda":
+    if dev.type != "cuda" or args.compile:
         configs = [c for c in configs if c[3] != "cuda_graph"]
+    if args.compile:  # functorch transforms and autogram hooks need the eager module
+        configs = [c for c in configs if c[3] not in ("vmap", "gramian")]
+        # retain_graph backpropagates k times through one compiled graph: no donated buffers.
+        import torch._functorch.config
+
+        torch._functorch.config.donated_buffer = False
 
     results: list[Measurement] = []
     started = time.perf_counter()

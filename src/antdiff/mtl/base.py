@@ -101,7 +101,7 @@ def cluster_means(
     k = batch.num_clusters
     ids = batch.cluster_ids.to(v.device)
     sums = v.new_zeros(k, v.shape[1]).index_add(0, ids, v)
-    counts_local = torch.bincount(ids, minlength=k).to(v.dtype)
+    counts_local = batch.counts.to(v.device, v.dtype)  # TimestepBatch keeps them consistent
     w = world_size(process_group)
     if w == 1:
         counts = counts_local
@@ -188,9 +188,7 @@ class Balancer(nn.Module):
         self.num_clusters = num_clusters
         #: Clip the norm of the update to this value (applied by the engine); None: no clipping.
         self.max_grad_norm = check_max_grad_norm(max_grad_norm)
-        self.register_buffer(
-            "last_weights", torch.zeros(num_clusters, dtype=torch.float32), persistent=False
-        )
+        self._last_weights = torch.zeros(num_clusters, dtype=torch.float32)
         #: Cluster losses seen by the last :meth:`loss` call (for logging), not saved.
         self.last_cluster_losses: ClusterLosses | None = None
 
@@ -256,8 +254,14 @@ class Balancer(nn.Module):
     def _diagnostics(self) -> dict[str, Any]:
         return {}
 
+    @property
+    def last_weights(self) -> Tensor:
+        """``[k]`` effective coefficient of ``∇_θ L_i`` in the last update (float32, detached)."""
+        return self._last_weights
+
     def _set_weights(self, w: Tensor) -> None:
-        self.last_weights.copy_(w.detach().to(self.last_weights.device, torch.float32))
+        # Replaced, never written in place (no copy kernel, and results handed out stay valid).
+        self._last_weights = w.detach().float()
 
     def extra_repr(self) -> str:
         return f"num_clusters={self.num_clusters}"
