@@ -495,9 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile:  # functorch transforms and autogram hooks need the eager module
         configs = [c for c in configs if c[3] not in ("vmap", "gramian")]
         # retain_graph backpropagates k times through one compiled graph: no donated buffers.
-        import torch._functorch.config
+        from torch._functorch import config as functorch_config
 
-        torch._functorch.config.donated_buffer = False
+        functorch_config.donated_buffer = False
 
     results: list[Measurement] = []
     started = time.perf_counter()
