@@ -40,7 +40,7 @@ def _run(kind, method, kw, mode, model, closure, batch, engine_kw):
 
     if method == "continuous_uw":
         kw = {**kw, "schedule": NoiseSchedule.from_name("linear", 1000)}
-    bal = make_balancer(method, K, **kw)
+    bal = make_balancer(method, K, **kw).to(batch.timesteps.device)
     engine = ClusterGradientEngine(model, bal, mode=mode, **engine_kw)
     inner = model.module if hasattr(model, "module") else model
     opt = torch.optim.SGD([{"params": inner.parameters()}, *bal.param_groups()], lr=0.05)
