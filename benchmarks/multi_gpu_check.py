@@ -67,7 +67,9 @@ def _run(cmd: list[str], log: Path, env: dict[str, str]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--root", default="/tmp/multi_gpu_check")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
