@@ -11,7 +11,18 @@ import sys
 from collections.abc import Sequence
 
 #: Sub-command modules, in the order ``antdiff --help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("cluster", "stats", "eval", "affinity", "ntg", "report", "train", "sample", "export", "demo")
+COMMAND_MODULES: tuple[str, ...] = (
+    "cluster",
+    "stats",
+    "eval",
+    "affinity",
+    "ntg",
+    "report",
+    "train",
+    "sample",
+    "export",
+    "demo",
+)
 
 
 class UserError(Exception):
