@@ -1,0 +1,247 @@
+"""Driver of the CIFAR-10 reproduction study (issue 7; protocol in ``docs/reproduction.md``).
+
+It runs a *named slice* of the study with the antdiff trainer, resumably, and turns finished
+runs into result files under ``benchmarks/results/repro/`` (one JSON per run: resolved config,
+seed, git commit, card, iterations, FID/precision/recall curve with n and floor, throughput).
+
+    python benchmarks/repro_cifar.py list                                   # the whole grid
+    python benchmarks/repro_cifar.py train phase1 --data D --ref REF.npz --devices cuda:0,cuda:1 \\
+        --per-device 2 --time-limit 540                                     # one ≤ 10-minute slice
+    python benchmarks/repro_cifar.py train phase1 --only vanilla-eps-s0,uw-eps-s0 ...
+    python benchmarks/repro_cifar.py collect phase1                         # result JSONs
+
+Slices: ``phase1`` (convergence: vanilla, ANT-UW/Nash/PCGrad with timestep clusters, Min-SNR-5,
+P2, each with ε-MSE and the learned-σ hybrid loss; a second seed of vanilla and ANT-UW) and
+``phase2`` (the grid: vanilla, P2, Min-SNR-5, {timestep, snr, logsnr, affinity} × {uw, nash,
+pcgrad}, ANT-UW + P2; seeds 0 and 1; ``--loss`` picks ε-MSE or hybrid, ``--affinity A.npy`` the
+matrix from a vanilla checkpoint, see ``antdiff affinity``). Every run evaluates its EMA model
+every ``--eval-every`` steps on ``--eval-n`` samples (FID, precision, recall). Run directories
+persist under ``--root``; a slice stopped by ``--time-limit`` continues on the next call
+(``--resume auto``), so the study fits into jobs of a few minutes each.
+
+``--smoke`` shrinks everything (digits, tiny UNet, a few steps, CPU) to check the plumbing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "cifar10"
+
+LOSSES = {"eps": [], "hybrid": ["diffusion.learned_variance=true"]}
+METHODS = {
+    "vanilla": ("vanilla.yaml", []),
+    "p2": ("p2.yaml", []),
+    "minsnr": ("min_snr.yaml", ["diffusion.weighting_params={gamma: 5.0}"]),
+    **{
+        f"{cost}-{bal}": (
+            f"ant_{'snr' if cost == 'logsnr' else cost}_{bal}.yaml",
+            [f"ant.cost={cost}"],
+        )
+        for cost in ("timestep", "snr", "logsnr", "affinity")
+        for bal in ("uw", "nash", "pcgrad")
+    },
+    "timestep-uw+p2": (
+        "ant_timestep_uw.yaml",
+        ["diffusion.weighting=p2", "diffusion.weighting_params={gamma: 1.0, k: 1.0}"],
+    ),
+}
+
+
+def grid(slice_name: str, loss: str) -> dict[str, tuple[str, list[str]]]:
+    """Run name → (preset file, overrides) for a slice."""
+    runs: dict[str, tuple[str, list[str]]] = {}
+    if slice_name == "phase1":
+        names = ["vanilla", "timestep-uw", "timestep-nash", "timestep-pcgrad", "minsnr", "p2"]
+        for method in names:
+            for lo in LOSSES:
+                seeds = (0, 1) if method in ("vanilla", "timestep-uw") else (0,)
+                for s in seeds:
+                    preset, extra = METHODS[method]
+                    runs[f"{method}-{lo}-s{s}"] = (preset, [*extra, *LOSSES[lo], f"run.seed={s}"])
+    elif slice_name == "phase2":
+        for method, (preset, extra) in METHODS.items():
+            for s in (0, 1):
+                runs[f"{method}-{loss}-s{s}"] = (preset, [*extra, *LOSSES[loss], f"run.seed={s}"])
+    else:
+        raise SystemExit(f"unknown slice {slice_name!r}: phase1 or phase2")
+    return runs
+
+
+def _common(a: argparse.Namespace, run_dir: Path) -> list[str]:
+    sets = [
+        f"run.dir={run_dir}",
+        f"data.spec={a.data}",
+        f"train.steps={a.steps}",
+        f"train.eval_every={a.eval_every}",
+        f"train.eval_n={a.eval_n}",
+        f"train.eval_ref={a.ref}",
+        "train.eval_metrics=[fid, pr]",
+        f"train.ckpt_every={min(a.eval_every, 5000)}",
+        "train.keep_last=2",
+        "train.progress=false",
+    ]
+    if a.inception:
+        sets.append(f"train.eval_inception={a.inception}")
+    if a.affinity:
+        sets.append(f"ant.affinity={a.affinity}")
+    if a.smoke:
+        sets += [
+            "model.preset=unet-tiny",
+            "data.resolution=8",
+            "optim.batch_size=10",
+            "optim.warmup_steps=1",
+            "train.device=cpu",
+            "train.precision=fp32",
+            "train.channels_last=false",
+            "train.tensorboard=false",
+            "train.sample_n=4",
+            "data.num_workers=0",
+            "sample.steps=2",
+            "sample.batch_size=8",
+        ]
+    return sets
+
+
+def write_configs(a: argparse.Namespace) -> list[Path]:
+    from antdiff.training.config import load_config
+
+    runs = grid(a.slice, a.loss)
+    if a.only:
+        wanted = set(a.only.split(","))
+        unknown = wanted - set(runs)
+        if unknown:
+            raise SystemExit(f"not in slice {a.slice}: {sorted(unknown)}; see `list`")
+        runs = {k: v for k, v in runs.items() if k in wanted}
+    out = []
+    cfg_dir = Path(a.root) / "configs"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    for name, (preset, extra) in runs.items():
+        if "affinity" in name and not a.affinity:
+            print(f"skip {name}: needs --affinity A.npy (antdiff affinity of a vanilla run)")
+            continue
+        cfg = load_config(CONFIGS / preset, [*extra, *_common(a, Path(a.root) / name)])
+        path = cfg_dir / f"{name}.yaml"
+        path.write_text(cfg.to_yaml())
+        out.append(path)
+    return out
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def collect(a: argparse.Namespace) -> list[Path]:
+    """One result JSON per run directory of the slice that has evaluations."""
+    import yaml
+
+    from antdiff.analysis.logs import read_training_log
+
+    results = Path(a.results)
+    results.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in grid(a.slice, a.loss):
+        run = Path(a.root) / name
+        if not (run / "metrics.jsonl").exists():
+            continue
+        log = read_training_log(run)
+        if not log.evals:
+            continue
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        speeds = log.it_per_s[log.it_per_s > 0] if log.it_per_s.size else log.it_per_s
+        res = {
+            "run": name,
+            "slice": a.slice,
+            "config": cfg,
+            "seed": cfg["run"]["seed"],
+            "git_commit": _git_commit(),
+            "card": _card(),
+            "iterations": int(log.steps[-1]) if log.steps.size else 0,
+            "curve": [
+                {
+                    "step": step,
+                    "n": e.get("n"),
+                    "fid": e.get("fid"),
+                    "precision": e.get("precision"),
+                    "recall": e.get("recall"),
+                    "floor": e.get("floor"),
+                }
+                for step, e in log.evals
+            ],
+            "it_per_s_median": float(np.median(speeds)) if speeds.size else None,
+        }
+        path = results / f"{a.slice}-{name}.json"
+        path.write_text(json.dumps(res, indent=1, default=str))
+        written.append(path)
+    return written
+
+
+def _card() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("action", choices=["list", "train", "collect"])
+    ap.add_argument("slice", nargs="?", default="phase1", choices=["phase1", "phase2"])
+    ap.add_argument("--loss", default="hybrid", choices=list(LOSSES), help="phase 2 loss")
+    ap.add_argument("--only", default=None, help="comma-separated run names of the slice")
+    ap.add_argument("--data", default=".data/cifar10-train-jpeg.tar.xz")
+    ap.add_argument("--ref", default=".data/cifar10_train_ref.npz", help="antdiff stats output")
+    ap.add_argument("--inception", default=None, help="FID network file (e.g. an fp16 copy)")
+    ap.add_argument("--affinity", default=None, help="affinity matrix for the affinity cells")
+    ap.add_argument("--steps", type=int, default=50_000)
+    ap.add_argument("--eval-every", type=int, default=5000)
+    ap.add_argument("--eval-n", type=int, default=5000)
+    ap.add_argument("--root", default="runs/repro")
+    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "repro"))
+    ap.add_argument("--devices", default="auto", help="e.g. cuda:0,cuda:1,cuda:2,cuda:3")
+    ap.add_argument("--per-device", type=int, default=1, help="concurrent trainers per device")
+    ap.add_argument("--time-limit", type=float, default=None, help="seconds, then checkpoint+stop")
+    ap.add_argument("--smoke", action="store_true", help="digits + tiny UNet on CPU")
+    a = ap.parse_args()
+    if a.action == "list":
+        for name, (preset, extra) in grid(a.slice, a.loss).items():
+            print(f"{name:28s} configs/cifar10/{preset:28s} {' '.join(extra)}")
+        return
+    if a.action == "collect":
+        for p in collect(a):
+            print(f"wrote {p}")
+        return
+    from antdiff.analysis.ntg_pipeline import run_trainers
+
+    configs = write_configs(a)
+    t0 = time.time()
+    run_trainers(
+        configs,
+        devices=a.devices.split(","),
+        per_device=a.per_device,
+        time_limit=a.time_limit,
+        progress=lambda m: print(f"[repro {time.strftime('%H:%M:%S')}] {m}", flush=True),
+    )
+    print(f"[repro] slice {a.slice}: {len(configs)} runs handled in {time.time() - t0:.0f} s")
+    for p in collect(a):
+        print(f"wrote {p}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
