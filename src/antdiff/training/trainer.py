@@ -433,8 +433,15 @@ def _train(
     if cfg.train.progress and ctx.is_main:
         from tqdm.auto import tqdm
 
+        # Redrawing 10×/s is right on a terminal but floods a log file: redraw every 30 s there.
+        interactive = sys.stderr.isatty()
         pbar = tqdm(
-            total=cfg.train.steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr
+            total=cfg.train.steps,
+            initial=step,
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+            mininterval=0.1 if interactive else 30.0,
         )
     with GracefulStop() as stop:
         while step < cfg.train.steps:
