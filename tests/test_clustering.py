@@ -78,16 +78,25 @@ def test_affinity_and_matrix_costs_match_brute_force(data):
     rng = np.random.default_rng(seed)
     A = rng.uniform(-1, 1, (T, T))
     min_size = data.draw(st.integers(1, max(1, T // k)))
-    c = cluster_timesteps(None, k, "affinity", num_timesteps=T, affinity=A, min_size=min_size)
-    ref = brute_force(T, k, lambda a, b: ref_affinity_cost(A, a, b), min_size)
+    max_size = data.draw(st.one_of(st.none(), st.integers(max(min_size, -(-T // k)), T)))
+    c = cluster_timesteps(
+        None, k, "affinity", num_timesteps=T, affinity=A, min_size=min_size, max_size=max_size
+    )
+    ref = brute_force(T, k, lambda a, b: ref_affinity_cost(A, a, b), min_size, max_size)
     assert c.cost == pytest.approx(ref, abs=1e-9)
     check_invariants(c, T, k)
+    assert c.widths.min() >= min_size and (max_size is None or c.widths.max() <= max_size)
     # A user matrix C[first, last] and a user callable give the same optimum.
     C = rng.uniform(0, 5, (T, T))
-    cm = cluster_timesteps(None, k, C, num_timesteps=T)
-    cf = cluster_timesteps(None, k, lambda a, b: float(C[a, b]), num_timesteps=T)
-    refc = brute_force(T, k, lambda a, b: float(C[a, b]))
+    cm = cluster_timesteps(None, k, C, num_timesteps=T, min_size=min_size, max_size=max_size)
+    cf = cluster_timesteps(
+        None, k, lambda a, b: float(C[a, b]), num_timesteps=T, min_size=min_size, max_size=max_size
+    )
+    refc = brute_force(T, k, lambda a, b: float(C[a, b]), min_size, max_size)
     assert cm.cost == pytest.approx(refc) and cf.cost == pytest.approx(refc)
+    # Without constraints too.
+    free = cluster_timesteps(None, k, C, num_timesteps=T)
+    assert free.cost == pytest.approx(brute_force(T, k, lambda a, b: float(C[a, b])))
 
 
 @pytest.mark.parametrize("name", ["linear", "scaled_linear", "squaredcos_cap_v2"])
