@@ -12,16 +12,16 @@ from collections.abc import Sequence
 
 #: Sub-command modules, in the order ``antdiff --help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
+    "demo",
     "cluster",
+    "train",
+    "sample",
+    "export",
     "stats",
     "eval",
     "affinity",
     "ntg",
     "report",
-    "train",
-    "sample",
-    "export",
-    "demo",
 )
 
 
