@@ -344,20 +344,20 @@ def _train(
     null_label = model.null_class
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
 
-    def sample_grid() -> None:
-        n = cfg.train.sample_n
+    def draw(positions: torch.Tensor, sample_seed: int) -> np.ndarray:
+        """EMA samples for the given sample positions (balanced labels ``i mod C``)."""
         labels = None
         if model.num_classes is not None:
-            labels = torch.arange(n) % model.num_classes
-        images = sample_images(
+            labels = positions % model.num_classes
+        return sample_images(
             ema.model,
             objective,
-            n,
+            len(positions),
             image_shape=shape,
             sampler=cfg.sample.sampler,
             steps=cfg.sample.steps,
             batch_size=cfg.sample.batch_size,
-            seed=seed,
+            seed=sample_seed,
             class_labels=labels,
             guidance=cfg.sample.guidance,
             null_class_label=null_label,
@@ -366,6 +366,9 @@ def _train(
             device=device,
             autocast_dtype=None if precision != "bf16" else torch.bfloat16,
         )
+
+    def sample_grid() -> None:
+        images = draw(torch.arange(cfg.train.sample_n), seed)
         path = save_grid(images, run.sample_grid(step), scale=max(1, 64 // images.shape[1]))
         if tb is not None:
             tb.image("samples", image_grid(images), step)
@@ -374,27 +377,8 @@ def _train(
     def evaluate() -> None:
         # Every process samples its share; rank 0 gathers and computes the metrics.
         n = cfg.train.eval_n
-        share = list(range(rank, n, world))
-        labels = None
-        if model.num_classes is not None:
-            labels = torch.tensor(share) % model.num_classes
-        images = sample_images(
-            ema.model,
-            objective,
-            len(share),
-            image_shape=shape,
-            sampler=cfg.sample.sampler,
-            steps=cfg.sample.steps,
-            batch_size=cfg.sample.batch_size,
-            seed=_seed(seed, 100 + rank),
-            class_labels=labels,
-            guidance=cfg.sample.guidance,
-            null_class_label=null_label,
-            eta=cfg.sample.eta,
-            codec=codec,
-            device=device,
-            autocast_dtype=None if precision != "bf16" else torch.bfloat16,
-        )
+        share = torch.arange(rank, n, world)
+        images = draw(share, _seed(seed, 100 + rank))
         parts = ctx.all_gather_object(images)
         if evaluator is not None and metrics is not None:
             gathered = np.concatenate(parts)
