@@ -252,6 +252,7 @@ def loss_fn_from_objective(objective: Any) -> Callable[..., torch.Tensor]:
     ) -> torch.Tensor:
         x_t = objective.q_sample(x0, t, noise)
         out = model(x_t, t, class_labels) if class_labels is not None else model(x_t, t)
+        out = getattr(out, "sample", out)  # a raw diffusers model returns an output object
         return objective.per_sample_loss(out, x0, x_t, t, noise)
 
     return loss_fn
@@ -260,23 +261,9 @@ def loss_fn_from_objective(objective: Any) -> Callable[..., torch.Tensor]:
 def epsilon_mse_loss(schedule: NoiseSchedule | str) -> Callable[..., torch.Tensor]:
     """Plain L_simple for any ``model(x_t, t) -> ε̂``: ``‖ε − ε̂(√ᾱ_t x0 + √(1−ᾱ_t) ε, t)‖²``
     averaged over pixels (for models used outside the antdiff trainer)."""
-    sch = NoiseSchedule.coerce(schedule)
-    abar_cpu = sch.tensor("alphas_cumprod")
+    from ..objective import DiffusionObjective
 
-    def loss_fn(
-        model: Any,
-        x0: torch.Tensor,
-        t: torch.Tensor,
-        noise: torch.Tensor,
-        class_labels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        a = abar_cpu.to(x0.device)[t].reshape(-1, *([1] * (x0.ndim - 1)))
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        out = model(x_t, t, class_labels) if class_labels is not None else model(x_t, t)
-        out = getattr(out, "sample", out)  # a raw diffusers model returns an output object
-        return (out.float() - noise.float()).pow(2).flatten(1).mean(1)
-
-    return loss_fn
+    return loss_fn_from_objective(DiffusionObjective(NoiseSchedule.coerce(schedule)))
 
 
 # ============================================================================ result
