@@ -89,6 +89,10 @@ def _common(a: argparse.Namespace, run_dir: Path) -> list[str]:
         f"train.ckpt_every={min(a.eval_every, 5000)}",
         "train.keep_last=2",
         "train.progress=false",
+        # EMA warm-up (min(0.9999, (1+n)/(10+n))): without it the EMA after n = 5k steps is
+        # still 0.9999^5000 = 61% initial weights, so every curve point before ~30k iterations
+        # would measure the initialisation. Training itself is unchanged (docs/reproduction.md).
+        "ema.warmup=true",
     ]
     if a.inception:
         sets.append(f"train.eval_inception={a.inception}")

@@ -208,13 +208,21 @@ def main() -> None:
     common += args.overrides
     root = Path(tempfile.mkdtemp(prefix="antdiff_tp_"))
     results: dict[str, Any] = {}
-    cfg = load_config(ROOT / "configs" / PRESETS["vanilla"], [*common, f"run.dir={root / 'plain'}"])
-    _say(
-        f"plain diffusers loop: {cfg.model.preset}, batch {cfg.optim.batch_size}, {cfg.train.precision}"
-    )
-    results["plain"] = plain_loop(cfg, args.seconds, args.warmup)
-    _say(f"plain: {results['plain']['it_per_s']:.2f} it/s")
-    steps = args.warmup + int(results["plain"]["it_per_s"] * args.seconds)
+    if args.skip_plain:
+        if not args.steps:
+            raise SystemExit("--skip-plain needs --steps N (the plain loop's rate sizes the runs)")
+        steps = args.steps
+    else:
+        cfg = load_config(
+            ROOT / "configs" / PRESETS["vanilla"], [*common, f"run.dir={root / 'plain'}"]
+        )
+        _say(
+            f"plain diffusers loop: {cfg.model.preset}, batch {cfg.optim.batch_size}, "
+            f"{cfg.train.precision}"
+        )
+        results["plain"] = plain_loop(cfg, args.seconds, args.warmup)
+        _say(f"plain: {results['plain']['it_per_s']:.2f} it/s")
+        steps = args.steps or args.warmup + int(results["plain"]["it_per_s"] * args.seconds)
     for name in [v for v in args.variants.split(",") if v]:
         if name not in PRESETS:
             raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(PRESETS)}")

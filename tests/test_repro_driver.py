@@ -74,3 +74,5 @@ def test_smoke_slice_trains_evaluates_and_writes_results(tmp_path):
     assert len(uw["git_commit"]) in (40, 7) or uw["git_commit"] == "unknown"
     van = json.loads(files[1].read_text())
     assert van["config"]["ant"]["enabled"] is False and van["seed"] == 0
+    # The study evaluates EMA weights from a few thousand steps on: EMA warm-up must be on.
+    assert uw["config"]["ema"]["warmup"] is True and van["config"]["ema"]["decay"] == 0.9999
