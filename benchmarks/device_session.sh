@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# One development session's GPU work on a 4-GPU machine, in three back-to-back calls of at most
+# One development session's GPU work on a 4-GPU machine, in two back-to-back calls of at most
 # 10 minutes (run directories live in the git-ignored .dev/ and survive while the machine stays
 # warm). Issue 4: trainer throughput against a plain diffusers loop, eager and torch.compile.
 # Issue 7: a Phase-1 slice (docs/reproduction.md), two runs per GPU, resumed across calls.
 #
-#   bash benchmarks/device_session.sh call1|call2|call3
+#   bash benchmarks/device_session.sh call1|call2
 #
 # Needs, carried in .carry/gpu/: inception_fp16.pt.xz (antdiff stats --export-inception-fp16,
 # xz-compressed to fit the 64 MiB carry limit), cifar10-train-jpeg.tar.xz and the wheels of
 # diffusers, importlib_metadata and torchjd. Everything worth keeping is bundled into
 # $OUT/<call>.tar.gz (result JSONs, metrics.jsonl, logs, affinity matrices).
 set -uo pipefail
-STAGE=${1:?call1, call2 or call3}
+STAGE=${1:?call1 or call2}
 START=$SECONDS
 BUDGET=${BUDGET:-570}          # seconds this call may use before bundling its results
 C=.carry/gpu
@@ -35,14 +35,13 @@ if [ ! -f "$REF" ]; then
     python3 -m antdiff.cli stats "$DATA" --out "$REF" --device cuda:0 || exit 1
 fi
 
-# The Phase-1 slice: pairs of runs per GPU, 5,000 iterations, FID/P/R (n = 5k) every 2,500.
+# The Phase-1 slice: pairs of runs per GPU, 4,000 iterations, FID/P/R (n = 5k) every 2,000.
 PAIRS=("vanilla-eps-s0,timestep-uw-eps-s0" "vanilla-hybrid-s0,timestep-uw-hybrid-s0"
     "minsnr-eps-s0,p2-eps-s0")
-SEEDS1="vanilla-eps-s1,timestep-uw-eps-s1"
 repro() { # DEVICE ONLY STEPS TIME_LIMIT
     python3 benchmarks/repro_cifar.py train phase1 --only "$2" --devices "$1" --per-device 2 \
         --data "$DATA" --ref "$REF" --inception "$ANTDIFF_INCEPTION" --steps "$3" \
-        --eval-every 2500 --eval-n 5000 --root "$D/repro" --results "$D/results" \
+        --eval-every 2000 --eval-n 5000 --root "$D/repro" --results "$D/results" \
         --time-limit "$4" >>"$D/logs/repro_$1.log" 2>&1
 }
 left() { # seconds of training left this call; 75 s kept for a trainer caught mid-evaluation
@@ -54,43 +53,34 @@ pids=()
 case $STAGE in
 call1)
     for i in 0 1 2; do
-        repro "cuda:$((i + 1))" "${PAIRS[$i]}" 5000 "$(left)" &
+        repro "cuda:$((i + 1))" "${PAIRS[$i]}" 4000 "$(left)" &
         pids+=($!)
     done
-    say "GPU 0: throughput, eager (plain diffusers loop, vanilla, ANT-UW, ANT-PCGrad)"
-    CUDA_VISIBLE_DEVICES=0 python3 benchmarks/train_throughput.py --data "$DATA" --seconds 40 \
-        --variants vanilla,ant_uw,ant_pcgrad --out "$D/results" --tag eager \
-        >"$D/logs/throughput_eager.log" 2>&1
-    say "GPU 0: throughput, train.compile=true (vanilla)"
-    CUDA_VISIBLE_DEVICES=0 timeout $(($(left) + 40)) python3 benchmarks/train_throughput.py \
-        --data "$DATA" --skip-plain --steps 500 --warmup 150 --compile --variants vanilla \
-        --out "$D/results" --tag compiled_vanilla >"$D/logs/throughput_compiled_vanilla.log" 2>&1
+    if [ ! -f "$D/results/train_throughput_eager.json" ] && [ -z "${SKIP_EAGER:-}" ]; then
+        say "GPU 0: throughput, eager (plain diffusers loop, vanilla, ANT-UW, ANT-PCGrad)"
+        CUDA_VISIBLE_DEVICES=0 python3 benchmarks/train_throughput.py --data "$DATA" \
+            --seconds 40 --variants vanilla,ant_uw,ant_pcgrad --out "$D/results" --tag eager \
+            >"$D/logs/throughput_eager.log" 2>&1
+    fi
+    for v in vanilla ant_uw; do
+        say "GPU 0: throughput, train.compile=true ($v)"
+        CUDA_VISIBLE_DEVICES=0 timeout 210 python3 benchmarks/train_throughput.py \
+            --data "$DATA" --skip-plain --steps 600 --warmup 200 --compile --variants $v \
+            --out "$D/results" --tag compiled_$v >"$D/logs/throughput_compiled_$v.log" 2>&1
+    done
     ;;
 call2)
     for i in 0 1 2; do
-        repro "cuda:$((i + 1))" "${PAIRS[$i]}" 5000 "$(left)" &
+        repro "cuda:$((i + 1))" "${PAIRS[$i]}" 4000 "$(left)" &
         pids+=($!)
     done
-    say "GPU 0: throughput, train.compile=true (ANT-UW)"
-    CUDA_VISIBLE_DEVICES=0 timeout 240 python3 benchmarks/train_throughput.py \
-        --data "$DATA" --skip-plain --steps 500 --warmup 150 --compile --variants ant_uw \
-        --out "$D/results" --tag compiled_ant_uw >"$D/logs/throughput_compiled_ant_uw.log" 2>&1
-    say "GPU 0: second seeds of vanilla and ANT-UW (ε-MSE), 2,500 iterations"
-    repro cuda:0 "$SEEDS1" 2500 "$(left)"
-    ;;
-call3)
-    for i in 0 1 2; do
-        repro "cuda:$((i + 1))" "${PAIRS[$i]}" 5000 "$(left)" &
-        pids+=($!)
-    done
-    repro cuda:0 "$SEEDS1" 2500 "$(left)"
     wait "${pids[@]}"
     pids=()
     say "O1: affinity of the vanilla runs' last checkpoints (EMA weights, 10 bins, 1,000 images)"
     for r in vanilla-eps-s0 vanilla-hybrid-s0; do
+        dev=cuda:$([ $r = vanilla-eps-s0 ] && echo 0 || echo 1)
         python3 -m antdiff.cli affinity "$D/repro/$r" --out "$D/results/affinity-$r" --ema \
-            --bins 10 --images 1000 --mode exact --device "cuda:$([ $r = vanilla-eps-s0 ] && echo 0 || echo 1)" \
-            >"$D/logs/affinity_$r.log" 2>&1 &
+            --bins 10 --images 1000 --mode exact --device "$dev" >"$D/logs/affinity_$r.log" 2>&1 &
         pids+=($!)
     done
     ;;

@@ -202,9 +202,13 @@ def test_nan_loss_names_step_and_cluster_and_keeps_last_checkpoint(
     assert max(r["step"] for r in MetricsLog.read(run / "metrics.jsonl")) == 2
 
 
-def test_sigterm_finishes_the_step_checkpoints_and_exits_zero(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigterm_finishes_the_step_checkpoints_and_exits_zero(tmp_path: Path, workers: int) -> None:
+    """SIGTERM to the whole process group (as ``scancel``, ``timeout`` and Ctrl-C send it), so
+    with workers > 0 the DataLoader workers get it too and must not break the checkpoint."""
     run = tmp_path / "run"
     args = [f"run.dir={run}", *TINY, "train.steps=100000", "train.ckpt_every=100000"]
+    args.append(f"data.num_workers={workers}")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "antdiff.cli", "train", "--set", *args],
@@ -212,6 +216,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_zero(tmp_path: Path) ->
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        start_new_session=True,
     )
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 120
@@ -222,7 +227,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_zero(tmp_path: Path) ->
             break
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "interrupted" in out

@@ -246,10 +246,8 @@ def run_trainers(
             say("time limit reached: stopping the trainers (they checkpoint and exit)")
             for proc, _, _ in running:
                 if proc.poll() is None:
-                    try:
-                        os.killpg(proc.pid, signal.SIGTERM)
-                    except (ProcessLookupError, PermissionError):
-                        proc.terminate()
+                    # The trainer alone: it stops its DataLoader workers after checkpointing.
+                    proc.send_signal(signal.SIGTERM)
         still = []
         for proc, dev, run in running:
             rc = proc.poll()

@@ -52,7 +52,7 @@ from .monitor import MetricsLog, TensorBoardLog, WindowStats
 from .rng import capture_rng_state, restore_rng_state, seed_everything
 from .rundir import RunDirectory
 from .sampling import sample_images
-from .signals import GracefulStop
+from .signals import GracefulStop, ignore_stop_signals
 
 __all__ = [
     "TrainResult",
@@ -335,6 +335,7 @@ def _train(
             pin_memory=device.type == "cuda",
             drop_last=True,
             persistent_workers=workers > 0,
+            worker_init_fn=ignore_stop_signals if workers > 0 else None,
         )
     )
     autocast = _autocast(device, precision)
