@@ -250,8 +250,8 @@ class _TinyFeatures(torch.nn.Module):
         return torch.tanh(self.conv(x)).mean(dim=(2, 3))
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
-def test_evaluation_hook_logs_to_metrics(tmp_path: Path) -> None:
+def _tiny_evaluation(tmp_path: Path) -> list[str]:
+    """Config overrides that evaluate with a tiny stand-in FID network on digits statistics."""
     from antdiff.data import load_images_uint8
     from antdiff.evaluation import InceptionFeatures, compute_reference_stats
 
@@ -261,16 +261,18 @@ def test_evaluation_hook_logs_to_metrics(tmp_path: Path) -> None:
     net = InceptionFeatures.from_path(net_path, device="cpu")
     real = load_images_uint8("digits", 40, resolution=8, channels=3)
     compute_reference_stats(real, net, dataset="digits").save(tmp_path / "ref.npz")
-    run = tmp_path / "run"
-    cfg = tiny(
-        run,
-        "train.steps=2",
-        "train.eval_every=1",
+    return [
         "train.eval_n=12",
         f"train.eval_ref={tmp_path / 'ref.npz'}",
         f"train.eval_inception={net_path}",
         "train.eval_metrics=[fid, kid]",
-    )
+    ]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+def test_evaluation_hook_logs_to_metrics(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = tiny(run, "train.steps=2", "train.eval_every=1", *_tiny_evaluation(tmp_path))
     train(cfg, log=None)
     evals = [r for r in MetricsLog.read(run / "metrics.jsonl") if "eval" in r]
     assert [r["step"] for r in evals] == [1, 2]
@@ -280,3 +282,53 @@ def test_evaluation_hook_logs_to_metrics(tmp_path: Path) -> None:
 
     steps, fid = read_training_log(run).eval_series("fid")
     assert steps.tolist() == [1, 2] and len(fid) == 2
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+@pytest.mark.parametrize("steps", [4, 2])  # a stop during a middle and during the final evaluation
+def test_stop_during_evaluation_checkpoints_and_evaluates_first_on_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, steps: int
+) -> None:
+    """SIGTERM while the evaluation samples: the trainer abandons the evaluation at once, writes
+    the checkpoint (marked as owing the evaluation) and exits; the resume evaluates first, and
+    the run ends as if it had never stopped."""
+    import antdiff.training.trainer as trainer_module
+    from antdiff.analysis.ntg_pipeline import run_finished
+    from antdiff.training.checkpoint import pending_evaluation
+
+    ev = [*_tiny_evaluation(tmp_path), "train.eval_every=2", "sample.batch_size=4"]
+    reference = train(tiny(tmp_path / "ref_run", f"train.steps={steps}", *ev), log=None)
+    assert not reference.interrupted and reference.step == steps
+    real_sample_images = trainer_module.sample_images
+    fired = []
+
+    def sample_images(model_fn, objective, n, **kw):  # type: ignore[no-untyped-def]
+        if n == 12 and not fired:  # the first evaluation (eval_n = 12, in batches of 4)
+            asked, inner = [], kw["should_stop"]
+
+            def should_stop() -> bool:
+                asked.append(1)
+                if len(asked) == 2:  # the signal arrives after the first batch
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return inner()
+
+            kw["should_stop"] = should_stop
+            fired.append(1)
+        return real_sample_images(model_fn, objective, n, **kw)
+
+    monkeypatch.setattr(trainer_module, "sample_images", sample_images)
+    run = tmp_path / "run"
+    first = train(tiny(run, f"train.steps={steps}", *ev), log=None)
+    assert first.interrupted and first.step == 2
+    assert not [r for r in MetricsLog.read(run / "metrics.jsonl") if "eval" in r]
+    assert pending_evaluation(first.checkpoint) == 2
+    assert not run_finished(run, steps)
+
+    second = train(tiny(run, f"train.steps={steps}", *ev), resume="auto", log=None)
+    assert not second.interrupted and second.step == steps
+    evals = [r for r in MetricsLog.read(run / "metrics.jsonl") if "eval" in r]
+    want = [r for r in MetricsLog.read(tmp_path / "ref_run" / "metrics.jsonl") if "eval" in r]
+    assert [r["step"] for r in evals] == list(range(2, steps + 1, 2))
+    assert [r["eval"]["fid"] for r in evals] == [r["eval"]["fid"] for r in want]
+    assert pending_evaluation(second.checkpoint) is None and run_finished(run, steps)
+    assert_same_tensors(state_of(run)["model"], state_of(tmp_path / "ref_run")["model"])

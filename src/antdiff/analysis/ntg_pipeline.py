@@ -184,8 +184,16 @@ def _default_launcher(config_path: Path, device: str, log: Path) -> subprocess.P
 
 
 def run_finished(run: str | Path, steps: int) -> bool:
-    """True when the run's latest checkpoint is at ``steps`` or later."""
-    return _latest_step(Path(run)) >= steps > 0
+    """True when the run's latest checkpoint is at ``steps`` or later and owes no evaluation
+    (a stop request during the final evaluation leaves it to the next resume)."""
+    run = Path(run)
+    if not _latest_step(run) >= steps > 0:
+        return False
+    from ..training.checkpoint import pending_evaluation
+
+    path = run / "checkpoints" / (run / "checkpoints" / "latest.txt").read_text().strip()
+    # latest.txt naming a file that is not there (a stand-in launcher): judged by its step alone
+    return not path.is_file() or pending_evaluation(path) is None
 
 
 def run_trainers(

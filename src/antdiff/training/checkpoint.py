@@ -30,6 +30,7 @@ __all__ = [
     "atomic_write_text",
     "checkpoint_name",
     "load_checkpoint",
+    "pending_evaluation",
     "resolve_checkpoint",
 ]
 
@@ -116,14 +117,15 @@ class CheckpointManager:
         ckpts = self.list()
         return ckpts[-1] if ckpts else None
 
-    def save(self, state: dict[str, Any], step: int) -> Path:
+    def save(self, state: dict[str, Any], step: int, *, replace: bool = False) -> Path:
         """Write ``state`` as the checkpoint of ``step``; prune to the last ``keep_last``.
 
         If a checkpoint of this step already exists it is kept as it is (a resumed run that
-        stops before taking a step would otherwise rewrite it) and its path is returned.
+        stops before taking a step would otherwise rewrite it) and its path is returned, unless
+        ``replace`` (still atomic: the old file stays whole until the new one is complete).
         """
         path = self.path_for(step)
-        if not path.exists():
+        if replace or not path.exists():
             payload = {
                 "format": CHECKPOINT_FORMAT,
                 "version": CHECKPOINT_VERSION,
@@ -162,6 +164,15 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
             f"{path} was written by a newer antdiff (checkpoint version {ckpt['version']}); upgrade"
         )
     return ckpt
+
+
+def pending_evaluation(path: str | Path) -> int | None:
+    """The step whose evaluation a stop request interrupted (it runs first on resume), if any.
+
+    Reads only that entry (memory-mapped load), so it is cheap even for large checkpoints."""
+    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
+    pending = ckpt.get("pending_eval") if isinstance(ckpt, dict) else None
+    return None if pending is None else int(pending)
 
 
 def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:

@@ -33,7 +33,12 @@ import torch
 
 from .images import to_uint8_nhwc
 
-__all__ = ["SAMPLERS", "make_sampling_scheduler", "sample_images"]
+__all__ = ["SAMPLERS", "SamplingInterrupted", "make_sampling_scheduler", "sample_images"]
+
+
+class SamplingInterrupted(RuntimeError):
+    """:func:`sample_images` was told to stop (its ``should_stop`` answered True)."""
+
 
 SAMPLERS = ("ddpm", "ddim")
 
@@ -90,6 +95,7 @@ def sample_images(
     autocast_dtype: torch.dtype | None = None,
     clip_sample: bool | None = None,
     progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> np.ndarray:
     """Draw ``n`` images; returns uint8 ``[n, H, W, C]`` (decoded by ``codec`` for latent models).
 
@@ -97,6 +103,8 @@ def sample_images(
     given). Results are a deterministic function of ``seed`` and ``batch_size``.
     ``clip_sample`` (default: True for pixels, False with a ``codec``) clips x̂0 to [-1, 1].
     ``guidance > 1`` needs ``class_labels`` and the model's ``null_class_label``.
+    ``should_stop`` is asked before every batch; when it answers True sampling ends with
+    :class:`SamplingInterrupted` (a trainer told to stop need not finish a long evaluation).
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -128,6 +136,8 @@ def sample_images(
 
         batches = tqdm(batches, desc=f"sampling ({sampler}, {steps} steps)", unit="batch")
     for start in batches:
+        if should_stop is not None and should_stop():
+            raise SamplingInterrupted(f"sampling stopped after {start} of {n} images")
         b = min(batch_size, n - start)
         sched = make_sampling_scheduler(objective, sampler, steps, clip_sample=clip)
         x = torch.randn((b, *image_shape), generator=gen, device=device)

@@ -51,7 +51,7 @@ from .lr import lr_factor
 from .monitor import MetricsLog, TensorBoardLog, WindowStats
 from .rng import capture_rng_state, restore_rng_state, seed_everything
 from .rundir import RunDirectory
-from .sampling import sample_images
+from .sampling import SamplingInterrupted, sample_images
 from .signals import GracefulStop, ignore_stop_signals
 
 __all__ = [
@@ -230,6 +230,8 @@ def _train(
 
     # ------------------------------------------------------------ 4. restore a checkpoint
     step, train_time = 0, 0.0
+    # The step whose evaluation a stop request interrupted: it runs first after a resume.
+    pending_eval: int | None = None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
@@ -251,6 +253,7 @@ def _train(
         except RuntimeError as e:  # e.g. a CPU checkpoint resumed on a GPU
             warnings.warn(f"random generators re-seeded, not restored: {e}", stacklevel=2)
         step, train_time = int(ckpt["step"]), float(ckpt.get("train_time", 0.0))
+        pending_eval = ckpt.get("pending_eval")
         say(f"resumed from {ckpt_path} at step {step}")
     data_cursor0, step0 = sampler.cursor, step
     last_ckpt = ckpt_path
@@ -273,13 +276,14 @@ def _train(
             "class_names": list(dataset.class_names) if dataset.class_names else None,
             "world_size": world,
             "train_time": train_time + (time.perf_counter() - t_start),
+            "pending_eval": pending_eval,
         }
 
-    def save_checkpoint() -> Path | None:
+    def save_checkpoint(replace: bool = False) -> Path | None:
         state = checkpoint_state()  # collective: every process takes part
         if not ctx.is_main:
             return None
-        return ckpts.save(state, step)
+        return ckpts.save(state, step, replace=replace)
 
     # ------------------------------------------------------------ 5. run directory (rank 0 writes)
     metrics = tb = evaluator = None
@@ -308,7 +312,9 @@ def _train(
         f"{'ANT ' + cfg.ant.balancer if balancer is not None else 'vanilla'}, k={k} clusters "
         f"{list(clusters.intervals)}; batch {B} on {world} x {device}, {precision}"
     )
-    if step >= cfg.train.steps:
+    if pending_eval is not None and (pending_eval != step or not cfg.train.eval_every):
+        pending_eval = None  # evaluation switched off, or a foreign checkpoint: nothing owed
+    if step >= cfg.train.steps and pending_eval is None:
         say(f"already at step {step} >= train.steps={cfg.train.steps}: nothing to do")
         return TrainResult(run.root, step, False, last_ckpt)
 
@@ -345,7 +351,9 @@ def _train(
     null_label = model.null_class
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
 
-    def draw(positions: torch.Tensor, sample_seed: int) -> np.ndarray:
+    def draw(
+        positions: torch.Tensor, sample_seed: int, should_stop: Callable[[], bool] | None = None
+    ) -> np.ndarray:
         """EMA samples for the given sample positions (balanced labels ``i mod C``)."""
         labels = None
         if model.num_classes is not None:
@@ -366,6 +374,7 @@ def _train(
             codec=codec,
             device=device,
             autocast_dtype=None if precision != "bf16" else torch.bfloat16,
+            should_stop=should_stop,
         )
 
     def sample_grid() -> None:
@@ -375,12 +384,26 @@ def _train(
             tb.image("samples", image_grid(images), step)
         say(f"step {step}: sample grid {path}")
 
-    def evaluate() -> None:
-        # Every process samples its share; rank 0 gathers and computes the metrics.
+    def evaluate(stop: GracefulStop) -> bool:
+        """Evaluate the EMA model at ``step``; False when a stop request cut the sampling short.
+
+        Every process samples its share; rank 0 gathers and computes the metrics. A process that
+        is told to stop abandons its share (no collective inside the sampling, so none waits
+        for another), and the gather tells every process that the evaluation was abandoned."""
+        nonlocal pending_eval
         n = cfg.train.eval_n
         share = torch.arange(rank, n, world)
-        images = draw(share, _seed(seed, 100 + rank))
+        images: np.ndarray | None
+        try:
+            images = draw(share, _seed(seed, 100 + rank), lambda: stop.requested)
+        except SamplingInterrupted:
+            images = None
         parts = ctx.all_gather_object(images)
+        if any(p is None for p in parts):
+            pending_eval = step
+            say(f"step {step}: evaluation stopped by the stop request; it runs first on resume")
+            return False
+        pending_eval = None
         if evaluator is not None and metrics is not None:
             gathered = np.concatenate(parts)
             if gathered.shape[-1] == 1:  # the FID network takes RGB
@@ -394,6 +417,7 @@ def _train(
                     "eval/",
                 )
             say(f"step {step}: evaluation {result}")
+        return True
 
     def batch_losses(
         x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, y: Any
@@ -429,7 +453,12 @@ def _train(
             mininterval=0.1 if interactive else 30.0,
         )
     with GracefulStop() as stop:
-        while step < cfg.train.steps:
+        if pending_eval is not None:
+            say(f"step {step}: running the evaluation a stop request interrupted")
+            interrupted = not evaluate(stop)
+            if not interrupted:  # the checkpoint no longer owes it
+                last_ckpt = save_checkpoint(replace=True) or last_ckpt
+        while step < cfg.train.steps and not interrupted:
             log_now = (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps
 
             # (a) this process's share of the global batch
@@ -581,8 +610,8 @@ def _train(
                 hook_start = t_window
             if cfg.train.sample_every and step % cfg.train.sample_every == 0 and ctx.is_main:
                 sample_grid()
-            if cfg.train.eval_every and step % cfg.train.eval_every == 0:
-                evaluate()
+            if cfg.train.eval_every and step % cfg.train.eval_every == 0 and not evaluate(stop):
+                stop_now = True  # the stop request came during the evaluation
             if stop_now or step % cfg.train.ckpt_every == 0 or step == cfg.train.steps:
                 path = save_checkpoint()
                 last_ckpt = path or last_ckpt
