@@ -9,6 +9,7 @@ seed, git commit, card, iterations, FID/precision/recall curve with n and floor,
         --per-device 2 --time-limit 540                                     # one ≤ 10-minute slice
     python benchmarks/repro_cifar.py train phase1 --only vanilla-eps-s0,uw-eps-s0 ...
     python benchmarks/repro_cifar.py collect phase1                         # result JSONs
+    python benchmarks/repro_cifar.py summary --root R --results OUT         # training-side table
 
 Slices: ``phase1`` (convergence: vanilla, ANT-UW/Nash/PCGrad with timestep clusters, Min-SNR-5,
 P2, each with ε-MSE and the learned-σ hybrid loss; a second seed of vanilla and ANT-UW) and
@@ -194,6 +195,57 @@ def collect(a: argparse.Namespace) -> list[Path]:
     return written
 
 
+def summarize(a: argparse.Namespace) -> list[Path]:
+    """Training-side summary of every run directory under ``--root`` (also runs stopped before
+    their first evaluation): iterations, median it/s, cluster losses and balancer weights over
+    the last ``--tail`` log windows. Writes ``summary.json`` and ``summary.md`` to ``--results``.
+    """
+    from antdiff.analysis.logs import read_training_log
+
+    rows = []
+    for run in sorted(p for p in Path(a.root).iterdir() if (p / "metrics.jsonl").exists()):
+        log = read_training_log(run)
+        if not log.steps.size:
+            continue
+        last = slice(-a.tail, None)
+        speeds = log.it_per_s[1:] if log.it_per_s.size > 1 else log.it_per_s  # skip start-up
+        bal = log.balancer[-1] if log.balancer else {}
+        rows.append(
+            {
+                "run": run.name,
+                "method": log.balancer_name,
+                "loss_type": "hybrid" if log.config["diffusion"]["learned_variance"] else "eps",
+                "weighting": log.config["diffusion"]["weighting"],
+                "seed": log.config["run"]["seed"],
+                "iterations": int(log.steps[-1]),
+                "it_per_s_median": float(np.nanmedian(speeds)),
+                "loss_tail": float(np.nanmean(log.loss[last])),
+                "cluster_losses_tail": np.nanmean(log.cluster_losses[last], axis=0).tolist(),
+                "weights_last": log.weights[-1].tolist(),
+                "uw_weights_last": bal.get("uw_weights"),
+                "evals": [[s, e] for s, e in log.evals],
+            }
+        )
+    out = Path(a.results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(rows, indent=1) + "\n")
+    lines = [
+        f"| run | iterations | it/s (median) | loss (last {a.tail} windows) | "
+        "cluster losses, clean → noisy | balancer weights at the end (UW: ½e^(−s)) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cl = ", ".join(f"{v:.4f}" for v in r["cluster_losses_tail"])
+        w = r["uw_weights_last"] or r["weights_last"]
+        shown = ", ".join(f"{v:.3g}" for v in w) if r["method"] not in (None, "vanilla") else "—"
+        lines.append(
+            f"| {r['run']} | {r['iterations']} | {r['it_per_s_median']:.2f} | "
+            f"{r['loss_tail']:.4f} | {cl} | {shown} |"
+        )
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    return [out / "summary.json", out / "summary.md"]
+
+
 def _card() -> str:
     import torch
 
@@ -204,7 +256,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("action", choices=["list", "train", "collect"])
+    ap.add_argument("action", choices=["list", "train", "collect", "summary"])
     ap.add_argument("slice", nargs="?", default="phase1", choices=["phase1", "phase2"])
     ap.add_argument("--loss", default="hybrid", choices=list(LOSSES), help="phase 2 loss")
     ap.add_argument("--only", default=None, help="comma-separated run names of the slice")
@@ -221,10 +273,15 @@ def main() -> None:
     ap.add_argument("--per-device", type=int, default=1, help="concurrent trainers per device")
     ap.add_argument("--time-limit", type=float, default=None, help="seconds, then checkpoint+stop")
     ap.add_argument("--smoke", action="store_true", help="digits + tiny UNet on CPU")
+    ap.add_argument("--tail", type=int, default=5, help="log windows averaged by `summary`")
     a = ap.parse_args()
     if a.action == "list":
         for name, (preset, extra) in grid(a.slice, a.loss).items():
             print(f"{name:28s} configs/cifar10/{preset:28s} {' '.join(extra)}")
+        return
+    if a.action == "summary":
+        for p in summarize(a):
+            print(f"wrote {p}")
         return
     if a.action == "collect":
         for p in collect(a):

@@ -76,3 +76,19 @@ def test_smoke_slice_trains_evaluates_and_writes_results(tmp_path):
     assert van["config"]["ant"]["enabled"] is False and van["seed"] == 0
     # The study evaluates EMA weights from a few thousand steps on: EMA warm-up must be on.
     assert uw["config"]["ema"]["warmup"] is True and van["config"]["ema"]["decay"] == 0.9999
+
+    # The training-side summary covers the same runs, with the UW weights of the ANT run.
+    summary = [sys.executable, str(DRIVER), "summary", "--root", str(tmp_path / "runs"),
+               "--results", str(tmp_path / "summary")]  # fmt: skip
+    proc = subprocess.run(summary, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["run"]: r for r in json.loads((tmp_path / "summary" / "summary.json").read_text())}
+    assert set(rows) == {"vanilla-eps-s0", "timestep-uw-hybrid-s0"}
+    assert rows["timestep-uw-hybrid-s0"]["loss_type"] == "hybrid"
+    assert (
+        rows["vanilla-eps-s0"]["method"] == "vanilla" and rows["vanilla-eps-s0"]["iterations"] == 2
+    )
+    assert len(rows["timestep-uw-hybrid-s0"]["uw_weights_last"]) == 5
+    assert [s for s, _ in rows["timestep-uw-hybrid-s0"]["evals"]] == [1, 2]
+    table = (tmp_path / "summary" / "summary.md").read_text()
+    assert "| timestep-uw-hybrid-s0 | 2 |" in table and "| vanilla-eps-s0 | 2 |" in table
