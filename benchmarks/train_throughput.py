@@ -241,9 +241,9 @@ def main() -> None:
         results[name] = antdiff_run(cfg, args.warmup)
         _say(f"{name}: {results[name]['it_per_s']:.2f} it/s")
     shutil.rmtree(root, ignore_errors=True)
-    base = results["plain"]["it_per_s"] if "plain" in results else float("nan")
+    base = results["plain"]["it_per_s"] if "plain" in results else None
     for r in results.values():
-        r["ratio_to_plain"] = r["it_per_s"] / base
+        r["ratio_to_plain"] = r["it_per_s"] / base if base else None  # JSON has no NaN
     import diffusers
 
     info = {
@@ -267,7 +267,7 @@ def main() -> None:
     for name, r in results.items():
         print(
             f"{name:<12}{r['it_per_s']:>9.2f}{r['img_per_s']:>10.0f}"
-            f"{r['ratio_to_plain']:>10.3f}{r['peak_mem_gib']:>10.2f}"
+            f"{r['ratio_to_plain'] or float('nan'):>10.3f}{r['peak_mem_gib']:>10.2f}"
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
