@@ -12,6 +12,7 @@
 # $OUT/<call>.tar.gz (result JSONs, metrics.jsonl, logs, affinity matrices).
 set -uo pipefail
 STAGE=${1:?call1 or call2}
+case $STAGE in call1 | call2) ;; *) echo "unknown stage $STAGE: call1 or call2" >&2 && exit 2 ;; esac
 START=$SECONDS
 BUDGET=${BUDGET:-570}          # seconds this call may use before bundling its results
 C=.carry/gpu
@@ -44,11 +45,12 @@ repro() { # DEVICE ONLY STEPS TIME_LIMIT
         --eval-every 2000 --eval-n 5000 --root "$D/repro" --results "$D/results" \
         --time-limit "$4" >>"$D/logs/repro_$1.log" 2>&1
 }
-left() { # seconds of training left this call; 75 s kept for a trainer caught mid-evaluation
-    local l=$((BUDGET - 75 - (SECONDS - START)))
+left() { # seconds of training left this call; 90 s kept for the stop and the bundling
+    local l=$((BUDGET - 90 - (SECONDS - START)))
     echo $((l > 20 ? l : 20))
 }
 
+work() {
 pids=()
 case $STAGE in
 call1)
@@ -84,14 +86,21 @@ call2)
         pids+=($!)
     done
     ;;
-*)
-    echo "unknown stage $STAGE" >&2
-    exit 2
-    ;;
 esac
 [ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
+}
+
+# The work runs in the background so that the results are bundled inside BUDGET whatever
+# happens (a trainer caught in a long evaluation, a hung process): nothing is lost to the
+# device call's hard limit, and run folders need not survive to the next call.
+work &
+body=$!
+while kill -0 $body 2>/dev/null && [ $((SECONDS - START)) -lt $((BUDGET - 45)) ]; do sleep 2; done
+kill -0 $body 2>/dev/null && say "budget reached: bundling while the work is still running"
 say "collect and bundle"
 python3 benchmarks/repro_cifar.py collect phase1 --root "$D/repro" --results "$D/results" \
+    >>"$D/logs/collect.log" 2>&1
+python3 benchmarks/repro_cifar.py summary --root "$D/repro" --results "$D/results" \
     >>"$D/logs/collect.log" 2>&1
 for f in "$D"/logs/repro_*.log; do tail -n 5 "$f"; done
 for r in "$D"/repro/*/; do
