@@ -126,3 +126,62 @@ def test_every_preset_loads_or_names_its_placeholders() -> None:
         except ConfigError as e:
             # presets for data the user must supply leave '???' placeholders
             assert "must be set" in str(e), f"{p}: {e}"
+
+
+def test_shipped_presets_resolve_by_name_from_any_directory(tmp_path, monkeypatch) -> None:
+    from antdiff.training.config import PRESET_DIR, list_presets, resolve_config_file
+
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: the names must come from the package
+    names = list_presets()
+    assert {
+        "demo",
+        "cifar10/vanilla",
+        "cifar10/ant_timestep_uw",
+        "imagenet256/dit_s2_ant_uw",
+    } <= set(names)
+    assert not any(n.rsplit("/", 1)[-1].startswith("_") for n in names)  # bases are not presets
+    for spec in ("cifar10/p2", "cifar10/p2.yaml", "configs/cifar10/p2.yaml"):
+        assert resolve_config_file(spec) == PRESET_DIR / "cifar10" / "p2.yaml"
+    cfg = load_config("cifar10/ant_timestep_uw", ["data.spec=x"])  # its base: file resolves too
+    assert cfg.ant.enabled and cfg.ant.balancer == "uw" and cfg.model.preset == "unet-ddpm-cifar10"
+    assert cfg.run.dir == "runs/ant_timestep_uw"
+    (tmp_path / "cifar10").mkdir()
+    own = tmp_path / "cifar10" / "p2.yaml"
+    own.write_text("optim: {lr: 1.0e-3}\n")
+    assert resolve_config_file("cifar10/p2.yaml") == Path("cifar10/p2.yaml")  # a file wins
+    with pytest.raises(FileNotFoundError, match="no shipped preset.*cifar10/vanilla"):
+        resolve_config_file("cifar10/vanila")
+    with pytest.raises(FileNotFoundError, match="no shipped preset"):
+        resolve_config_file("cifar10/_base")
+
+
+def test_the_wheel_ships_every_preset(tmp_path) -> None:
+    """`pip install antdiff` users get the presets: build the wheel from a copy of the sources."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from antdiff.training.config import PRESET_DIR
+
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(root / f, src / f)
+    shutil.copytree(
+        root / "src", src / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__")
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path / "dist"), str(src)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("antdiff-*.whl")
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("antdiff/configs/")}
+    want = {
+        f"antdiff/configs/{p.relative_to(PRESET_DIR).as_posix()}"
+        for p in PRESET_DIR.rglob("*.yaml")
+    }
+    assert len(want) >= 30 and shipped == want

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from antdiff.training.config import load_config
+from antdiff.training.config import PRESET_DIR, load_config
 from antdiff.training.demo import DEMO_CONFIG
 from antdiff.training.inference import load_for_inference
 from antdiff.training.monitor import MetricsLog
 from antdiff.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
+CONFIGS = PRESET_DIR  # the shipped presets (the repository's configs/ links here)
 
 #: full-size architecture -> the tiny one of the same family
 SHRINK = {

@@ -22,8 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "config",
         nargs="?",
         default=None,
-        help="YAML config (e.g. configs/cifar10/ant_timestep_uw.yaml); optional with --resume "
-        "(the run's own config.yaml is used)",
+        help="YAML config file, or the name of a shipped preset (e.g. cifar10/ant_timestep_uw; "
+        "--presets lists them); optional with --resume (the run's own config.yaml is used)",
     )
     p.add_argument(
         "--set",
@@ -43,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--run-dir", default=None, help="shorthand for --set run.dir=DIR")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--presets", action="store_true", help="list the shipped presets and exit")
     p.add_argument(
         "--help-config",
         action="store_true",
@@ -68,8 +69,13 @@ def resolve_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training.config import config_reference
+    from ..training.config import PRESET_DIR, config_reference, list_presets
 
+    if args.presets:
+        for name in list_presets():
+            print(name)
+        print(f"(files in {PRESET_DIR}; `antdiff train NAME --print-config` shows one resolved)")
+        return 0
     if args.help_config:
         for key, tp, default, doc in config_reference():
             print(f"{key} ({tp}, default {default!r})\n    {doc}")

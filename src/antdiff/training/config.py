@@ -32,6 +32,7 @@ from typing import Any, Literal, Union
 import yaml
 
 __all__ = [
+    "PRESET_DIR",
     "MISSING",
     "RESUME_SAFE_KEYS",
     "AntConfig",
@@ -47,8 +48,10 @@ __all__ = [
     "TrainConfig",
     "config_reference",
     "diff_configs",
+    "list_presets",
     "load_config",
     "parse_overrides",
+    "resolve_config_file",
 ]
 
 #: A value that a preset leaves for the user to fill in (dataset paths, VAE paths, ...).
@@ -448,7 +451,8 @@ def load_config(
     """
     data: dict[str, Any] = copy.deepcopy(defaults) if defaults else {}
     if path is not None:
-        data = _deep_merge(data, _read_yaml(Path(path), ()))
+        path = resolve_config_file(path)
+        data = _deep_merge(data, _read_yaml(path, ()))
     for key, value in parse_overrides(overrides or []):
         _set_dotted(data, key, value)
     run = data.setdefault("run", {})
@@ -457,6 +461,35 @@ def load_config(
     if run.get("dir") is None:
         run["dir"] = str(Path("runs") / (Path(path).stem if path is not None else "default"))
     return Config.from_dict(data)
+
+
+#: The presets shipped with antdiff (the repository's ``configs/`` links here).
+PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped presets (``cifar10/vanilla``, ...); ``_``-files are bases only."""
+    return sorted(
+        p.relative_to(PRESET_DIR).with_suffix("").as_posix()
+        for p in PRESET_DIR.rglob("*.yaml")
+        if not p.name.startswith("_")
+    )
+
+
+def resolve_config_file(spec: str | Path) -> Path:
+    """A config file path, or the name of a shipped preset (``cifar10/ant_timestep_uw``, with
+    or without ``.yaml`` and a leading ``configs/``) when no such file exists."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    name = path.as_posix().removeprefix("configs/")
+    preset = PRESET_DIR / (name if name.endswith(".yaml") else name + ".yaml")
+    if preset.is_file() and not preset.name.startswith("_"):
+        return preset
+    raise FileNotFoundError(
+        f"config file not found: {path}, and it names no shipped preset; give a YAML file or one "
+        f"of the presets: {', '.join(list_presets())}"
+    )
 
 
 def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
