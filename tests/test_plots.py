@@ -53,7 +53,6 @@ def write_run(root, balancer: str = "pcgrad", lines: int = 20, corrupt_tail: boo
                 {
                     "step": step,
                     "loss": 0.1 / (n + 1),
-                    "loss_mean": 0.09 / (n + 1),
                     "cluster_losses": [0.2 / (i + 1) / (n + 1) for i in range(K - 1)] + [None],
                     "counts": [32] * K,
                     "weights": [0.25] * K,

@@ -74,6 +74,8 @@ def test_full_report(tmp_path):
     assert "| [1, 500] | 0–499 | -2.50 ± 0.71 |" in text
     assert "FID floor at this n = 5.00" in text
     assert "ANT-pcgrad" in text and "ANT-uw" in text
+    # The runs table quotes the trainer's own "loss" key (the last window's mean per-sample loss).
+    assert "| uw_run | ANT-uw | – | – | 1000 | 0.005 | 5 | 500 | 3 | 10 |" in text
 
 
 def test_missing_parts_are_stated(tmp_path):

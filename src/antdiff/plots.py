@@ -329,10 +329,8 @@ def plot_cluster_losses(log: TrainingLog, path: str | Path, title: str | None = 
         y = log.cluster_losses[:, i]
         ok = np.isfinite(y) & (y > 0)
         ax.plot(log.steps[ok], y[ok], color=c, lw=1.2, label=lab)
-    if np.isfinite(log.loss_mean).any():
-        ax.plot(
-            log.steps, log.loss_mean, color="black", lw=1.0, ls="--", label="mean per-sample loss"
-        )
+    if np.isfinite(log.loss).any():  # the trainer's "loss": mean per-sample loss of the window
+        ax.plot(log.steps, log.loss, color="black", lw=1.0, ls="--", label="mean per-sample loss")
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("cluster loss L_i")

@@ -200,7 +200,7 @@ def _run_overview(w: _Writer, logs: dict[str, TrainingLog]) -> None:
                 str((cfg.get("model") or {}).get("preset", "–")) if cfg else "–",
                 str(diff.get("weighting", "–")) if diff else "–",
                 int(log.steps[-1]) if len(log) else "–",
-                float(log.loss_mean[-1]) if len(log) else None,
+                float(log.loss[-1]) if len(log) else None,
                 float(fid[-1]) if fid.size else None,
                 last_eval.get("n"),
                 last_eval.get("floor"),

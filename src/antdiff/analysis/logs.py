@@ -50,7 +50,6 @@ class TrainingLog:
     path: Path
     steps: np.ndarray
     loss: np.ndarray
-    loss_mean: np.ndarray
     cluster_losses: np.ndarray
     weights: np.ndarray
     counts: np.ndarray
@@ -280,7 +279,6 @@ def read_training_log(run_or_file: str | Path) -> TrainingLog:
         path=f,
         steps=np.array([int(r["step"]) for r in train], dtype=np.int64),
         loss=col("loss"),
-        loss_mean=col("loss_mean"),
         cluster_losses=mat("cluster_losses"),
         weights=mat("weights"),
         counts=mat("counts"),
