@@ -395,10 +395,10 @@ class ClusterGradientEngine:
             update.mul_(torch.clamp(bal.max_grad_norm / (grad_norm + 1e-6), max=1.0))
         if scale != 1.0:
             update.mul_(scale)
-        for p, (off, n), has in zip(params, gb.layout, touched_global):
+        for p, (off, _), has in zip(params, gb.layout, touched_global):
             if not has:
                 continue
-            u = update[off : off + n].view_as(p)
+            u = _param_view(update, off, p)
             if p.grad is None:
                 p.grad = u.to(p.dtype) if p.dtype != u.dtype else u
             else:
@@ -463,7 +463,7 @@ class ClusterGradientEngine:
             torch.func.grad(cluster_sum, has_aux=True), in_dims=(None, 0, 0), randomness="different"
         )(detached, index, weight)
         rows = torch.tensor(present, device=gb.data.device)
-        flat = torch.cat([grads[n].reshape(len(present), -1).float() for n in keys], dim=1)
+        flat = torch.cat([_flatten_like(grads[n], p).float() for n, p in zip(keys, params)], dim=1)
         gb.data[rows, : gb.size] = flat
         gb.data[rows, gb.size] = sums.float()
         gb.data[rows, gb.size + 1] = torch.tensor(
@@ -603,8 +603,8 @@ class _GradBuffer:
         skip = set(self.copied)
         self.views = [
             [
-                None if j in skip else self.data[i, off : off + n].view_as(p)
-                for j, (p, (off, n)) in enumerate(zip(params, self.layout))
+                None if j in skip else _param_view(self.data[i], off, p)
+                for j, (p, (off, _)) in enumerate(zip(params, self.layout))
             ]
             for i in range(k)
         ]
@@ -621,9 +621,45 @@ class _GradBuffer:
         for j in self.copied:
             p = params[j]
             if p.grad is not None:
-                off, n = self.layout[j]
-                row[off : off + n].copy_(p.grad.reshape(-1))
+                _param_view(row, self.layout[j][0], p).copy_(p.grad)
             p.grad = None
+
+
+def _memory_order(p: Tensor) -> list[int] | None:
+    """The dims of ``p`` from outermost to innermost in memory when ``p`` is dense but not
+    contiguous (e.g. a channels-last weight); None when it is contiguous or not dense."""
+    if p.is_contiguous():
+        return None
+    order = sorted(range(p.dim()), key=lambda d: -p.stride(d))
+    expected = 1
+    for d in reversed(order):
+        if p.size(d) != 1 and p.stride(d) != expected:
+            return None  # overlapping or with gaps: fall back to the logical order
+        expected *= p.size(d)
+    return order
+
+
+def _param_view(flat: Tensor, off: int, p: Tensor) -> Tensor:
+    """``flat[off : off + p.numel()]`` as a tensor shaped and laid out in memory like ``p``.
+
+    Channels-last weights thus get channels-last gradients: autograd accumulates into a
+    ``.grad`` of the parameter's own layout and the optimizer sees matching layouts (a
+    contiguous view would break PyTorch's gradient layout contract and cost copies). Every
+    consumer of the buffer (Gram matrix, balancers, all-reduce) is elementwise or a dot product
+    over rows of one common layout, so the order within a parameter's slice is free."""
+    chunk = flat[off : off + p.numel()]
+    if _memory_order(p) is None:
+        return chunk.view_as(p)
+    return chunk.as_strided(p.shape, p.stride())
+
+
+def _flatten_like(g: Tensor, p: Tensor) -> Tensor:
+    """Rows ``[m, p.numel()]`` of the batched gradients ``g`` (``[m, *p.shape]``) in the memory
+    order of ``p``, i.e. what :func:`_param_view` reads back."""
+    order = _memory_order(p)
+    if order is None:
+        return g.reshape(len(g), -1)
+    return g.permute(0, *(d + 1 for d in order)).reshape(len(g), -1)
 
 
 def _remove_autogram_hooks(autogram: Any) -> None:
