@@ -99,6 +99,7 @@ def _common(a: argparse.Namespace, run_dir: Path) -> list[str]:
         sets.append(f"train.eval_inception={a.inception}")
     if a.affinity:
         sets.append(f"ant.affinity={a.affinity}")
+    sets += a.overrides  # e.g. train.compile=true: speed only, recorded in every run's config
     if a.smoke:
         sets += [
             "model.preset=unet-tiny",
@@ -272,6 +273,16 @@ def main() -> None:
     ap.add_argument("--devices", default="auto", help="e.g. cuda:0,cuda:1,cuda:2,cuda:3")
     ap.add_argument("--per-device", type=int, default=1, help="concurrent trainers per device")
     ap.add_argument("--time-limit", type=float, default=None, help="seconds, then checkpoint+stop")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config overrides for every run of the slice (e.g. train.compile=true); "
+        "written into each run's config, so a resumed run must be given the same ones",
+    )
     ap.add_argument("--smoke", action="store_true", help="digits + tiny UNet on CPU")
     ap.add_argument("--tail", type=int, default=5, help="log windows averaged by `summary`")
     a = ap.parse_args()

@@ -58,7 +58,7 @@ def test_smoke_slice_trains_evaluates_and_writes_results(tmp_path):
         "--ref", str(tmp_path / "ref.npz"), "--inception", str(net), "--steps", "2",
         "--eval-every", "1", "--eval-n", "12", "--root", str(tmp_path / "runs"),
         "--results", str(results), "--devices", "cpu",
-        "--only", "vanilla-eps-s0,timestep-uw-hybrid-s0",
+        "--only", "vanilla-eps-s0,timestep-uw-hybrid-s0", "--set", "train.log_every=1",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -76,6 +76,7 @@ def test_smoke_slice_trains_evaluates_and_writes_results(tmp_path):
     assert van["config"]["ant"]["enabled"] is False and van["seed"] == 0
     # The study evaluates EMA weights from a few thousand steps on: EMA warm-up must be on.
     assert uw["config"]["ema"]["warmup"] is True and van["config"]["ema"]["decay"] == 0.9999
+    assert uw["config"]["train"]["log_every"] == 1 == van["config"]["train"]["log_every"]  # --set
 
     # The training-side summary covers the same runs, with the UW weights of the ANT run.
     summary = [sys.executable, str(DRIVER), "summary", "--root", str(tmp_path / "runs"),
