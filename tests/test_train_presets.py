@@ -92,8 +92,21 @@ def test_preset_family_trains_on_tiny_shapes(tmp_path: Path, preset: str) -> Non
     assert bundle.model.num_classes == (10 if cfg.data.class_conditional else None)
 
 
-def test_demo_yaml_is_the_demo_config() -> None:
+def test_the_demo_trains_the_shipped_demo_preset_as_documented() -> None:
+    """`antdiff demo` reads the shipped preset; its settings are the ones docs/training.md and
+    the README state (digits 16x16, unet-small, CPU, 600 steps, ANT-UW with k = 5)."""
     a = load_config(CONFIGS / "demo.yaml").to_dict()
     b = load_config(None, defaults=DEMO_CONFIG).to_dict()
     a["run"].pop("dir"), b["run"].pop("dir")
     assert a == b
+    assert (b["data"]["spec"], b["data"]["resolution"], b["model"]["preset"]) == (
+        "digits",
+        16,
+        "unet-small",
+    )
+    assert (b["train"]["steps"], b["train"]["device"], b["ant"]["balancer"], b["ant"]["k"]) == (
+        600,
+        "cpu",
+        "uw",
+        5,
+    )

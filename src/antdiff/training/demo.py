@@ -26,25 +26,17 @@ import numpy as np
 
 __all__ = ["DEMO_CONFIG", "DemoResult", "run_demo"]
 
-#: The demo's configuration (identical to ``configs/demo.yaml``, which a test checks).
-DEMO_CONFIG: dict[str, Any] = {
-    "run": {"seed": 0},
-    "data": {"spec": "digits", "resolution": 16},
-    "model": {"preset": "unet-small"},
-    "diffusion": {"schedule": "linear", "num_timesteps": 1000, "prediction": "epsilon"},
-    "ant": {"k": 5, "cost": "timestep", "sampling": "stratified", "balancer": "uw"},
-    "optim": {"lr": 1.0e-3, "warmup_steps": 50, "batch_size": 60, "grad_clip": 1.0},
-    "ema": {"decay": 0.995, "warmup": True},
-    "train": {
-        "steps": 600,
-        "device": "cpu",
-        "log_every": 25,
-        "ckpt_every": 300,
-        "keep_last": 1,
-        "sample_n": 64,
-    },
-    "sample": {"sampler": "ddim", "steps": 50, "batch_size": 256},
-}
+
+def _demo_preset() -> dict[str, Any]:
+    import yaml
+
+    from .config import PRESET_DIR
+
+    return yaml.safe_load((PRESET_DIR / "demo.yaml").read_text())
+
+
+#: The demo's configuration: the shipped ``demo`` preset (``configs/demo.yaml``), read once.
+DEMO_CONFIG: dict[str, Any] = _demo_preset()
 
 #: ``--quick`` (tests, smoke checks): a tiny model, a few steps, few sampling steps, no FID.
 QUICK_OVERRIDES: dict[str, Any] = {
