@@ -278,6 +278,7 @@ def test_evaluation_hook_logs_to_metrics(tmp_path: Path) -> None:
     assert [r["step"] for r in evals] == [1, 2]
     for r in evals:
         assert r["eval"]["n"] == 12 and r["eval"]["fid"] > 0 and "kid" in r["eval"]
+        assert r["eval_seconds"]["sampling"] > 0 and r["eval_seconds"]["metrics"] > 0
     from antdiff.analysis.logs import read_training_log
 
     steps, fid = read_training_log(run).eval_series("fid")

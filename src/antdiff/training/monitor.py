@@ -14,7 +14,8 @@ steps) is::
      "lr": 1e-4, "grad_norm": 0.8, # at the last step (grad_norm before clipping)
      "it_per_s": 12.3, "img_per_s": 1574.4, "time": 81.2}   # time: training seconds so far
 
-An evaluation line is ``{"step": 1000, "eval": {"fid": ..., "n": ..., ...}}``. Non-finite numbers
+An evaluation line is ``{"step": 1000, "eval": {"fid": ..., "n": ..., ...}, "eval_seconds":
+{"sampling": ..., "metrics": ...}}`` (wall seconds of the EMA sampling and of the metrics). Non-finite numbers
 are written as ``null`` so that every line is strict JSON.
 """
 

@@ -394,6 +394,7 @@ def _train(
         n = cfg.train.eval_n
         share = torch.arange(rank, n, world)
         images: np.ndarray | None
+        t0 = time.perf_counter()
         try:
             images = draw(share, _seed(seed, 100 + rank), lambda: stop.requested)
         except SamplingInterrupted:
@@ -405,11 +406,14 @@ def _train(
             return False
         pending_eval = None
         if evaluator is not None and metrics is not None:
+            t1 = time.perf_counter()
             gathered = np.concatenate(parts)
             if gathered.shape[-1] == 1:  # the FID network takes RGB
                 gathered = np.repeat(gathered, 3, axis=-1)
             result = evaluator(gathered)
-            metrics.write({"step": step, "eval": result})
+            # what an evaluation costs, so that time budgets can be planned from the log
+            seconds = {"sampling": t1 - t0, "metrics": time.perf_counter() - t1}
+            metrics.write({"step": step, "eval": result, "eval_seconds": seconds})
             if tb is not None:
                 tb.scalars(
                     step,
