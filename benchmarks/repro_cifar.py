@@ -185,6 +185,7 @@ def collect(a: argparse.Namespace) -> list[Path]:
                     "precision": e.get("precision"),
                     "recall": e.get("recall"),
                     "floor": e.get("floor"),
+                    "seconds": e.get("seconds"),
                 }
                 for step, e in log.evals
             ],

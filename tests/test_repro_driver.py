@@ -71,6 +71,7 @@ def test_smoke_slice_trains_evaluates_and_writes_results(tmp_path):
     assert uw["config"]["ant"]["balancer"] == "uw" and uw["config"]["diffusion"]["learned_variance"]
     assert uw["iterations"] == 2 and [p["step"] for p in uw["curve"]] == [1, 2]
     assert all(p["n"] == 12 and p["fid"] > 0 and 0 <= p["precision"] <= 1 for p in uw["curve"])
+    assert all(p["seconds"]["sampling"] > 0 for p in uw["curve"])  # what each evaluation cost
     assert len(uw["git_commit"]) in (40, 7) or uw["git_commit"] == "unknown"
     van = json.loads(files[1].read_text())
     assert van["config"]["ant"]["enabled"] is False and van["seed"] == 0

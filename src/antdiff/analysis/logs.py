@@ -243,7 +243,10 @@ def read_training_log(run_or_file: str | Path) -> TrainingLog:
             skipped += 1
             continue
         if isinstance(rec.get("eval"), dict):
-            evals.append((int(rec["step"]), rec["eval"]))
+            e = dict(rec["eval"])
+            if isinstance(rec.get("eval_seconds"), dict):  # what the evaluation cost
+                e["seconds"] = rec["eval_seconds"]
+            evals.append((int(rec["step"]), e))
         else:
             train.append(rec)
     clusters = None
