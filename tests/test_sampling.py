@@ -87,3 +87,19 @@ def test_batch_helpers_and_errors():
         TimestepSampler(CLUSTERS).sample(0)
     with pytest.raises(ValueError, match="unknown sampling mode"):
         TimestepSampler(CLUSTERS, "balanced")
+
+
+def test_to_device_keeps_values_and_dtype_and_leaves_the_source_alone() -> None:
+    from antdiff._device import to_device
+
+    t = torch.arange(5)
+    out = to_device(t, "cpu", torch.float64)
+    assert out.dtype == torch.float64 and out.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert to_device(t, torch.device("cpu")) is t  # nothing to move: no copy
+    t[0] = 7  # the caller may change its tensor; the copy is its own
+    assert out[0] == 0
+    if torch.cuda.is_available():  # the pinned, non-blocking path
+        src = torch.arange(1000)
+        dev = to_device(src, "cuda", torch.float32)
+        src.zero_()
+        assert dev.sum().item() == sum(range(1000))

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import torch
 
+from ._device import to_device
 from .clustering import TaskClusters
 
 __all__ = ["SAMPLING_MODES", "TimestepBatch", "TimestepSampler"]
@@ -83,10 +84,11 @@ class TimestepBatch:
         )
 
     def to(self, device: Any) -> TimestepBatch:
+        """The batch on ``device``; CPU → CUDA copies do not synchronise (``antdiff._device``)."""
         return TimestepBatch(
-            self.timesteps.to(device),
-            self.cluster_ids.to(device),
-            self.counts.to(device),
+            to_device(self.timesteps, device),
+            to_device(self.cluster_ids, device),
+            to_device(self.counts, device),
             self.num_clusters,
         )
 

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .._device import to_device
 from ..sampling import TimestepBatch
 from .distributed import all_reduce_sum, world_size
 
@@ -99,9 +100,9 @@ def cluster_means(
     squeeze = values.ndim == 1
     v = values.reshape(values.shape[0], -1).float()
     k = batch.num_clusters
-    ids = batch.cluster_ids.to(v.device)
+    ids = to_device(batch.cluster_ids, v.device)  # no host sync (see antdiff._device)
     sums = v.new_zeros(k, v.shape[1]).index_add(0, ids, v)
-    counts_local = batch.counts.to(v.device, v.dtype)  # TimestepBatch keeps them consistent
+    counts_local = to_device(batch.counts, v.device, v.dtype)  # TimestepBatch keeps them consistent
     w = world_size(process_group)
     if w == 1:
         counts = counts_local

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._device import to_device
 from ..sampling import TimestepBatch
 from .base import Balancer, ClusterLosses, cluster_losses
 from .distributed import all_reduce_sum, is_ddp, unwrap_model, world_size
@@ -365,13 +366,13 @@ class ClusterGradientEngine:
                         self._backward(sums[i], retain_graph=j < len(present_local) - 1)
                         gb.collect(params, i)
                     buf[:, size] = sums.detach().to(buf.device)
-                    buf[:, size + 1] = torch.tensor(counts, dtype=buf.dtype, device=buf.device)
+                    buf[:, size + 1] = to_device(torch.tensor(counts, dtype=buf.dtype), buf.device)
         finally:
             for p, g in zip(params, stash):
                 p.grad = g
         flags = torch.zeros(k * gb.n_flags, dtype=buf.dtype)
         flags[: len(params)] = torch.tensor(touched, dtype=buf.dtype)
-        buf[:, size + 2 :] = flags.view(k, gb.n_flags).to(buf.device)
+        buf[:, size + 2 :] = to_device(flags.view(k, gb.n_flags), buf.device)
 
         all_reduce_sum(buf, self.process_group)
 
@@ -462,12 +463,12 @@ class ClusterGradientEngine:
         grads, sums = torch.func.vmap(
             torch.func.grad(cluster_sum, has_aux=True), in_dims=(None, 0, 0), randomness="different"
         )(detached, index, weight)
-        rows = torch.tensor(present, device=gb.data.device)
+        rows = to_device(torch.tensor(present), gb.data.device)
         flat = torch.cat([_flatten_like(grads[n], p).float() for n, p in zip(keys, params)], dim=1)
         gb.data[rows, : gb.size] = flat
         gb.data[rows, gb.size] = sums.float()
-        gb.data[rows, gb.size + 1] = torch.tensor(
-            [float(counts[i]) for i in present], device=gb.data.device
+        gb.data[rows, gb.size + 1] = to_device(
+            torch.tensor([float(counts[i]) for i in present]), gb.data.device
         )
 
     def _non_finite(

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._device import to_device
 from ..sampling import TimestepBatch, TimestepSampler
 from .build import (
     build_balancer,
@@ -481,8 +482,8 @@ def _train(
             # timesteps and cluster ids on the device, the per-cluster counts stay on the host
             # (reading them there costs no device synchronisation)
             tb_batch = TimestepBatch(
-                tb_batch.timesteps.to(device, non_blocking=True),
-                tb_batch.cluster_ids.to(device, non_blocking=True),
+                to_device(tb_batch.timesteps, device),
+                to_device(tb_batch.cluster_ids, device),
                 tb_batch.counts,
                 k,
             )
@@ -493,7 +494,7 @@ def _train(
             y = None
             if model.num_classes is not None:
                 drop = torch.rand(B, generator=gens["labels"])[mine] < cfg.model.class_dropout
-                y = torch.where(drop, null_label, labels).to(device)
+                y = to_device(torch.where(drop, null_label, labels), device)
             x_t = objective.q_sample(x0, t, noise)
             compute_losses = batch_losses(x0, x_t, t, noise, y)
 
@@ -539,9 +540,11 @@ def _train(
             stats = torch.cat(
                 [
                     cl_sum.float(),
-                    cl_cnt.to(device),
+                    # host values travel without a stream sync, so that the update is queued
+                    # before the step's one host synchronisation below
+                    to_device(cl_cnt, device),
                     gn.float().reshape(1).to(device) / world,
-                    torch.tensor([float(stop.requested)], device=device),
+                    to_device(torch.tensor([float(stop.requested)]), device),
                 ]
             )
             if world > 1:
