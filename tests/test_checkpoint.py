@@ -122,3 +122,30 @@ def test_lr_warmup_and_cosine() -> None:
     assert all(a >= b for a, b in zip(f[2:], f[3:]))
     with pytest.raises(ValueError, match="schedule"):
         lr_factor(5, schedule="step")
+
+
+def test_ema_update_from_listed_tensors_matches_update_and_survives_a_reload() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    a, b = EMA(model, decay=0.8), EMA(model, decay=0.8)
+    params, buffers = list(model.parameters()), list(model.buffers())
+    for _ in range(3):
+        with torch.no_grad():
+            for p in params:
+                p.add_(torch.randn_like(p))
+            buffers[0].add_(1.0)  # BatchNorm's running mean: copied, not averaged
+        a.update(model)
+        b.update_from(params, buffers)
+    for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()):
+        assert torch.equal(x, y)
+    assert torch.equal(b.model[1].running_mean, buffers[0])
+    # load_state_dict copies into the EMA's own tensors: the listed ones stay the live ones
+    c = EMA(model, decay=0.8)
+    c.load_state_dict(b.state_dict())
+    c.update_from(params, buffers)
+    b.update_from(params, buffers)
+    assert torch.equal(c.model[0].weight, b.model[0].weight)
+    with pytest.raises(ValueError, match="not the model it was made from"):
+        b.update_from(params[:-1], buffers)
+    with pytest.raises(ValueError, match="not the model it was made from"):
+        b.update_from(params, [])

@@ -351,6 +351,8 @@ def _train(
     mine_dev = mine.to(device)
     null_label = model.null_class
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
+    # listed once: walking the modules costs ~0.2 ms of Python per walk (35.7M UNet), each step
+    params, buffers = list(model.parameters()), list(model.buffers())
 
     def draw(
         positions: torch.Tensor, sample_seed: int, should_stop: Callable[[], bool] | None = None
@@ -521,7 +523,7 @@ def _train(
                     scaler.unscale_(optimizer)
                 if gn is None:
                     gn = torch.nn.utils.get_total_norm(
-                        [p.grad for p in model.parameters() if p.grad is not None]
+                        [p.grad for p in params if p.grad is not None]
                     )
             else:
                 per = compute_losses()
@@ -529,7 +531,7 @@ def _train(
                 (scaler.scale(loss) if scaler is not None else loss).backward()
                 if scaler is not None:
                     scaler.unscale_(optimizer)
-                gn = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                gn = torch.nn.utils.clip_grad_norm_(params, clip)
                 ids = tb_batch.cluster_ids
                 cl_sum = torch.zeros(k, device=device).index_add(0, ids, per.detach().float())
                 cl_cnt = tb_batch.counts.float()  # host-side: no synchronisation
@@ -555,7 +557,7 @@ def _train(
             else:
                 optimizer.step()
             if (step + 1) % cfg.ema.update_every == 0:
-                ema.update(model)
+                ema.update_from(params, buffers)
             vals = stats.tolist()
             sums, counts, grad_norm, stop_now = vals[:k], vals[k : 2 * k], vals[2 * k], vals[-1] > 0
             bad = [i for i in range(k) if counts[i] > 0 and not math.isfinite(sums[i])]
