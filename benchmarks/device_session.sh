@@ -19,6 +19,8 @@
 #   THROUGHPUT  1: GPU 0 measures trainer throughput (eager and compiled) instead of a group
 #   BUDGET      seconds this call may use (570)
 #   SMOKE       1: a CPU dry run of this script's logic (digits, tiny UNet, a stand-in FID net)
+#   CARRY_DIR   the carried folder of this call (.carry/gpu): its wheels, the fp16 Inception and
+#               the data are added to .dev/ and stay there for the later calls
 #
 # Needs, carried in .carry/gpu/: inception_fp16.pt.xz (antdiff stats --export-inception-fp16,
 # xz-compressed to fit the 64 MiB carry limit), cifar10-train-jpeg.tar.xz and the wheels of
@@ -34,7 +36,7 @@ SETS=${SETS:-}
 SMOKE=${SMOKE:-}
 RUN_GROUPS=${RUN_GROUPS:-"vanilla-eps-s0,timestep-uw-eps-s0 vanilla-hybrid-s0,timestep-uw-hybrid-s0 minsnr-eps-s0,p2-eps-s0 vanilla-eps-s1,timestep-uw-eps-s1"}
 read -r -a GROUP <<<"$RUN_GROUPS"
-C=.carry/gpu
+C=${CARRY_DIR:-.carry/gpu}
 D=${DEV_DIR:-.dev}
 OUT=${OUT:-$D/out}
 mkdir -p "$D/results" "$D/logs" "$OUT"
@@ -68,11 +70,22 @@ EOF
     device() { echo cpu; }
     EXTRA=(--smoke)
 else
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site "$C"/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD/src
-    [ -f "$D/inception_fp16.pt" ] || xz -dc "$C/inception_fp16.pt.xz" >"$D/inception_fp16.pt"
-    [ -f "$D/cifar10-train-jpeg.tar.xz" ] || cp "$C/cifar10-train-jpeg.tar.xz" "$D/"
+    # Whatever this call carried is added to $D (wheels installed into $D/site), so a second
+    # carry folder (CARRY_DIR) can bring what did not fit beside the data, e.g. cvxpy/clarabel.
+    for w in "$C"/*.whl; do
+        [ -f "$w" ] || continue
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$D/site" "$w" || exit 1
+    done
+    export PYTHONPATH=$PWD/$D/site:$PWD/src
+    if [ ! -f "$D/inception_fp16.pt" ] && [ -f "$C/inception_fp16.pt.xz" ]; then
+        xz -dc "$C/inception_fp16.pt.xz" >"$D/inception_fp16.pt.part" &&
+            mv "$D/inception_fp16.pt.part" "$D/inception_fp16.pt"
+    fi
+    [ -f "$D/cifar10-train-jpeg.tar.xz" ] || cp "$C/cifar10-train-jpeg.tar.xz" "$D/" 2>/dev/null
+    for f in "$D/inception_fp16.pt" "$D/cifar10-train-jpeg.tar.xz"; do
+        [ -f "$f" ] || { echo "missing $f: carry it in $C (see the header)" >&2; exit 1; }
+    done
     INCEPTION=$PWD/$D/inception_fp16.pt
     DATA=$D/cifar10-train-jpeg.tar.xz
     REF=$D/cifar10_train_ref.npz
