@@ -11,6 +11,14 @@
 # its limit lost them once, so every call bundles inside BUDGET). Once every run is finished it
 # computes the O1 affinity of the finished vanilla runs (EMA weights, 10 bins, 1,000 images).
 #
+# DETACH=1 keeps the trainers running *between* calls: the first call starts the work in a new
+# process session (which outlives the call) with a fixed deadline, TRAIN_SECONDS after the first
+# call began; every call, that one too, waits up to its BUDGET and bundles a snapshot of the
+# results so far. No trainer restarts, recompiles or abandons an evaluation at a call boundary,
+# and each reply brings what exists even if the machine is lost later. At the deadline the
+# trainers checkpoint and stop and the affinity of the AFFINITY_RUNS present is computed (latest
+# checkpoint). Back-to-back calls keep the machine (it goes back 30 s after a call).
+#
 # Settings (environment):
 #   RUN_GROUPS      space-separated groups, one per GPU, each a comma-separated list of run names of
 #               `repro_cifar.py list phase1` (default: the 2026-11-26 slice plus second seeds)
@@ -19,14 +27,19 @@
 #   THROUGHPUT  1: GPU 0 measures trainer throughput (eager and compiled) instead of a group
 #   BUDGET      seconds this call may use (570)
 #   SMOKE       1: a CPU dry run of this script's logic (digits, tiny UNet, a stand-in FID net)
-#   CARRY_DIR   the carried folder of this call (.carry/gpu): its wheels, the fp16 Inception and
-#               the data are added to .dev/ and stay there for the later calls
+#   DETACH      1: trainers outlive the call (above); TRAIN_SECONDS (1380) from the first call's
+#               start to the deadline
+#   AFFINITY_RUNS  runs whose O1 affinity is computed at the end ("vanilla-eps-s0 vanilla-hybrid-s0")
+#   CARRY_DIR   the carried folder of this call (.carry/gpu): its site.tar.xz (or wheels), the fp16
+#               Inception and the data are added to .dev/ and stay there for the later calls
 #
-# Needs, carried in .carry/gpu/: inception_fp16.pt.xz (antdiff stats --export-inception-fp16,
-# xz-compressed to fit the 64 MiB carry limit), cifar10-train-jpeg.tar.xz and the wheels of
-# diffusers, importlib_metadata and torchjd (not needed with SMOKE=1).
+# Needs, carried in .carry/gpu/ (benchmarks/prepare_carry.sh builds it): inception_fp16.pt.xz
+# (antdiff stats --export-inception-fp16, xz-compressed to fit the 64 MiB carry limit),
+# cifar10-train-jpeg.tar.xz and site.tar.xz, the packages the device image lacks (not needed
+# with SMOKE=1).
 set -uo pipefail
 START=$SECONDS
+T0=$(date +%s)
 PY=${PYTHON:-python3}  # the interpreter (tests pass their own)
 BUDGET=${BUDGET:-570}
 STEPS=${STEPS:-4000}
@@ -34,6 +47,10 @@ EVAL_EVERY=${EVAL_EVERY:-2000}
 EVAL_N=${EVAL_N:-5000}
 SETS=${SETS:-}
 SMOKE=${SMOKE:-}
+DETACH=${DETACH:-}
+TRAIN_SECONDS=${TRAIN_SECONDS:-1380}
+AFFINITY_RUNS=${AFFINITY_RUNS:-"vanilla-eps-s0 vanilla-hybrid-s0"}
+ROLE=${DS_ROLE:-call} # "work": the detached worker this script starts (DETACH=1)
 RUN_GROUPS=${RUN_GROUPS:-"vanilla-eps-s0,timestep-uw-eps-s0 vanilla-hybrid-s0,timestep-uw-hybrid-s0 minsnr-eps-s0,p2-eps-s0 vanilla-eps-s1,timestep-uw-eps-s1"}
 read -r -a GROUP <<<"$RUN_GROUPS"
 C=${CARRY_DIR:-.carry/gpu}
@@ -41,10 +58,14 @@ D=${DEV_DIR:-.dev}
 OUT=${OUT:-$D/out}
 mkdir -p "$D/results" "$D/logs" "$OUT"
 say() { echo "[device_session $(date +%H:%M:%S) +$((SECONDS - START))s] $*"; }
-left() { # seconds of training left this call; 90 s kept for the stop and the bundling
-    local l=$((BUDGET - 90 - (SECONDS - START)))
+left() { # seconds of training left: this call's (90 s kept for the stop and the bundling), or
+    local l # with DETACH=1 the session's, up to the deadline
+    if [ -n "$DETACH" ]; then l=$(($(cat "$D/deadline") - $(date +%s))); else
+        l=$((BUDGET - 90 - (SECONDS - START)))
+    fi
     echo $((l > 20 ? l : 20))
 }
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 if [ -n "$SMOKE" ]; then
@@ -72,6 +93,10 @@ EOF
 else
     # Whatever this call carried is added to $D (wheels installed into $D/site), so a second
     # carry folder (CARRY_DIR) can bring what did not fit beside the data, e.g. cvxpy/clarabel.
+    if [ -f "$C/site.tar.xz" ] && ! cmp -s "$C/site.tar.xz" "$D/site.tar.xz"; then
+        mkdir -p "$D/site" && tar -xJf "$C/site.tar.xz" -C "$D/site" && cp "$C/site.tar.xz" "$D/" ||
+            exit 1
+    fi
     for w in "$C"/*.whl; do
         [ -f "$w" ] || continue
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -89,7 +114,11 @@ else
     INCEPTION=$PWD/$D/inception_fp16.pt
     DATA=$D/cifar10-train-jpeg.tar.xz
     REF=$D/cifar10_train_ref.npz
-    nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
+    if [ "$ROLE" = call ]; then
+        nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
+        "$PY" -c "import cvxpy; print('cvxpy', cvxpy.__version__, cvxpy.installed_solvers())" ||
+            echo "no cvxpy: NashMTL would fall back to its Newton solver"
+    fi
     if [ ! -f "$REF" ]; then
         say "reference statistics of CIFAR-10 train (50k)"
         "$PY" -m antdiff.cli stats "$DATA" --out "$REF" --device cuda:0 \
@@ -136,27 +165,53 @@ work() {
         pids+=($!)
     done
     [ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
-    local all=1 r
+    local all=1 r i=0
     for r in $(echo "$RUN_GROUPS" | tr ' ,' '\n\n'); do finished "$r" || all=0; done
-    if [ $all = 1 ]; then
-        for r in vanilla-eps-s0 vanilla-hybrid-s0; do
+    # O1 once every run is finished, or (DETACH) at the deadline on the latest checkpoints
+    if [ $all = 1 ] || [ -n "$DETACH" ]; then
+        pids=()
+        for r in $AFFINITY_RUNS; do
             if [ -d "$D/repro/$r" ] && [ ! -f "$D/results/affinity-$r/affinity.npy" ]; then
                 say "O1: affinity of $r (EMA weights, 10 bins, 1,000 images)"
                 "$PY" -m antdiff.cli affinity "$D/repro/$r" --out "$D/results/affinity-$r" \
                     --ema --bins 10 --images "$([ -n "$SMOKE" ] && echo 20 || echo 1000)" \
-                    --mode exact --device "$(device 0)" >"$D/logs/affinity_$r.log" 2>&1
+                    --mode exact --device "$(device $((i % ${#GROUP[@]})))" \
+                    >"$D/logs/affinity_$r.log" 2>&1 &
+                pids+=($!)
+                i=$((i + 1))
             fi
         done
-        touch "$D/results/slice.finished"
+        [ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
     fi
+    [ $all = 1 ] && touch "$D/results/slice.finished"
+    return 0
 }
 
+if [ "$ROLE" = work ]; then # the detached worker (DETACH=1): train to the deadline, then exit
+    echo $$ >"$D/work.pid"
+    work
+    touch "$D/work.done"
+    say "work done"
+    exit 0
+fi
 # The work runs in the background so that the results are bundled inside BUDGET whatever
 # happens: nothing is lost to the device call's hard limit.
-work &
-body=$!
-while kill -0 $body 2>/dev/null && [ $((SECONDS - START)) -lt $((BUDGET - 45)) ]; do sleep 2; done
-kill -0 $body 2>/dev/null && say "budget reached: bundling while the work is still running"
+if [ -n "$DETACH" ]; then
+    [ -f "$D/deadline" ] || echo $((T0 + TRAIN_SECONDS)) >"$D/deadline"
+    if [ ! -f "$D/work.done" ] && ! alive "$D/work.pid"; then
+        rm -f "$D/work.pid"
+        DS_ROLE=work setsid bash "$0" </dev/null >>"$D/logs/work.log" 2>&1 &
+        while [ ! -f "$D/work.pid" ] && [ $((SECONDS - START)) -lt 60 ]; do sleep 0.2; done
+        say "detached work started (deadline $(date -d @"$(cat "$D/deadline")" +%H:%M:%S))"
+    fi
+    body=$(cat "$D/work.pid" 2>/dev/null)
+else
+    work &
+    body=$!
+fi
+running() { [ -n "$body" ] && kill -0 "$body" 2>/dev/null; }
+while running && [ $((SECONDS - START)) -lt $((BUDGET - 45)) ]; do sleep 2; done
+running && say "budget reached: bundling while the work is still running"
 say "collect and bundle"
 "$PY" benchmarks/repro_cifar.py collect phase1 --root "$D/repro" --results "$D/results" \
     >>"$D/logs/collect.log" 2>&1
@@ -174,4 +229,5 @@ cp "$D"/logs/*.log "$D/results/" 2>/dev/null
 stamp=$(date +%H%M%S)
 tar -czf "$OUT/session_$stamp.tar.gz" -C "$D" results
 [ -f "$D/results/slice.finished" ] && say "slice finished"
+[ -n "$DETACH" ] && [ -f "$D/work.done" ] && say "detached work done"
 say "done: $OUT/session_$stamp.tar.gz ($(du -h "$OUT/session_$stamp.tar.gz" | cut -f1))"

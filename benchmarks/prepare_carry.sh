@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Prepares, on the development machine, the git-ignored folders that a device call carries for
-# benchmarks/device_session.sh (each call's working tree is limited to 64 MiB):
+# Prepares, on the development machine, the git-ignored folder that the first device call
+# carries for benchmarks/device_session.sh (a call's working tree is limited to 64 MiB):
 #
-#   .carry/gpu/   fp16 Inception (xz, ~39 MB), CIFAR-10 train archive (15 MB), wheels of
-#                 diffusers, importlib_metadata and torchjd (~7 MB)      -> the first call
-#   .carry/gpu2/  wheels of cvxpy and clarabel (~6 MB; NashMTL's solver)  -> a later call, with
-#                 CARRY_DIR=.carry/gpu2 (device_session.sh keeps what earlier calls brought)
+#   .carry/gpu/inception_fp16.pt.xz        fp16 Inception, xz (~39 MB)
+#   .carry/gpu/cifar10-train-jpeg.tar.xz   CIFAR-10 train split (15 MB)
+#   .carry/gpu/site.tar.xz                 the packages the device image lacks, unpacked from
+#                                          their wheels and xz-compressed as one archive (~6 MB
+#                                          instead of 12 MB of wheels): diffusers,
+#                                          importlib_metadata, torchjd, and cvxpy + clarabel
+#                                          (NashMTL's solver)
 #
 #   bash benchmarks/prepare_carry.sh [SHARED_DATA_DIR]     (default ../shared/data)
 #
@@ -14,7 +17,7 @@ set -euo pipefail
 DATA_DIR=${1:-../shared/data}
 cd "$(git rev-parse --show-toplevel)"
 grep -qx '/.carry/' .git/info/exclude 2>/dev/null || echo '/.carry/' >>.git/info/exclude
-mkdir -p .carry/gpu .carry/gpu2
+mkdir -p .carry/gpu
 if [ ! -f .carry/gpu/inception_fp16.pt.xz ]; then
     tmp=$(mktemp -d)
     antdiff stats --export-inception-fp16 "$tmp/inception_fp16.pt"
@@ -22,16 +25,21 @@ if [ ! -f .carry/gpu/inception_fp16.pt.xz ]; then
     rm -rf "$tmp"
 fi
 cp -n "$DATA_DIR/cifar10/cifar10-train-jpeg.tar.xz" .carry/gpu/
-download() { # DEST SPEC...
-    local dest=$1
-    shift
+if [ ! -f .carry/gpu/site.tar.xz ]; then
+    tmp=$(mktemp -d)
+    # Wheels for the device's Python (3.12, x86-64). A wheel install into a --target folder is
+    # its archive unpacked, so unpacking here needs neither that Python nor that platform.
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
         --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
-        --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$dest" "$@"
-}
-download .carry/gpu diffusers==0.42.1 importlib_metadata==10.2.0 torchjd==0.18.0
-download .carry/gpu2 cvxpy==1.9.3 clarabel==0.11.1
-du -sh .carry/gpu .carry/gpu2
+        --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$tmp/wheels" \
+        diffusers==0.42.1 importlib_metadata==10.2.0 torchjd==0.18.0 cvxpy==1.9.3 clarabel==0.11.1
+    mkdir -p "$tmp/site"
+    for w in "$tmp"/wheels/*.whl; do python3 -m zipfile -e "$w" "$tmp/site"; done
+    tar -C "$tmp/site" -cf - . | xz -T0 -9e >.carry/gpu/site.tar.xz.part
+    mv .carry/gpu/site.tar.xz.part .carry/gpu/site.tar.xz
+    rm -rf "$tmp"
+fi
+du -sh .carry/gpu
 total=$(du -sm .carry/gpu | cut -f1)
 [ "$total" -lt 62 ] || echo "warning: .carry/gpu is ${total} MB; with the tracked files it may pass 64 MiB"

@@ -62,3 +62,56 @@ def test_device_session_dry_run_trains_evaluates_and_bundles(tmp_path: Path) -> 
         "O1: affinity" not in again.stdout
         and "vanilla-eps-s0: done" in (tmp_path / "dev" / "logs" / "repro_cpu.log").read_text()
     )
+
+
+def test_detached_work_outlives_the_call_and_stops_at_the_deadline(tmp_path: Path) -> None:
+    """DETACH=1: the first call starts the trainers in their own process session and returns at
+    its budget with a snapshot; the work goes on without a call, and a later call finds it
+    (starting nothing new) and bundles once it is done. The O1 affinity is computed at the end
+    although the time-limited run never reached its STEPS."""
+    env = {
+        **os.environ,
+        "SMOKE": "1",
+        "DETACH": "1",
+        "TRAIN_SECONDS": "75",  # the deadline, from the first call's start
+        "AFFINITY_RUNS": "vanilla-eps-s0",
+        "DEV_DIR": str(tmp_path / "dev"),
+        "OUT": str(tmp_path / "out"),
+        "RUN_GROUPS": "vanilla-eps-s0",
+        "STEPS": "100000",  # never reached: the deadline stops the run
+        "EVAL_EVERY": "3",
+        "EVAL_N": "12",
+        "BUDGET": "50",  # the first call bundles 5 s after the work began
+        "SETS": "train.log_every=1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHON": sys.executable,
+    }
+    dev = tmp_path / "dev"
+
+    def call(budget: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", str(SCRIPT)], cwd=SCRIPT.parents[1], env={**env, "BUDGET": budget},
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+    first = call("50")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "detached work started" in first.stdout
+    assert "budget reached: bundling while the work is still running" in first.stdout
+    worker = int((dev / "work.pid").read_text())
+    os.kill(worker, 0)  # the worker is alive after the call that started it returned
+    assert len(list((tmp_path / "out").glob("session_*.tar.gz"))) == 1
+
+    second = call("400")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "detached work started" not in second.stdout  # found the running worker
+    assert "detached work done" in second.stdout and "slice finished" not in second.stdout
+    bundles = sorted((tmp_path / "out").glob("session_*.tar.gz"), key=os.path.getmtime)
+    with tarfile.open(bundles[-1]) as tar:
+        names = set(tar.getnames())
+        result = json.load(tar.extractfile("results/phase1-vanilla-eps-s0.json"))  # type: ignore[arg-type]
+    assert "results/affinity-vanilla-eps-s0/affinity.npy" in names
+    assert "results/work.log" in names
+    # stopped by the deadline, with a checkpoint, after at least one evaluation
+    assert 3 <= result["iterations"] < 100000 and result["curve"][0]["step"] == 3
+    assert "time limit reached" in (dev / "logs" / "repro_cpu.log").read_text()
