@@ -234,3 +234,50 @@ def test_measure_ntg_refuses_an_interval_the_sampler_never_visits(tmp_path):
     with pytest.raises(ValueError, match="shard"):
         measure_ntg(setup, tmp_path / "o", shard=(2, 2), load_fn=load_fn)
     _ = torch  # torch is used by the sampler under test
+
+
+def test_trainer_threads_share_the_cores():
+    from antdiff.analysis.ntg_pipeline import trainer_threads
+
+    assert trainer_threads(8, cpus=64) == 8
+    assert trainer_threads(3, cpus=64) == 21
+    assert trainer_threads(16, cpus=4) == 1  # never zero
+    assert trainer_threads(0, cpus=4) == 4
+
+
+def test_run_trainers_caps_each_trainers_cpu_threads(tmp_path, monkeypatch):
+    """Several trainers on one host each get an equal share of the cores through the BLAS/OpenMP
+    thread variables (unless the caller set one), so that concurrent evaluations do not
+    oversubscribe the CPU."""
+    import subprocess
+
+    from antdiff.analysis import ntg_pipeline
+
+    envs: dict[str, dict[str, str]] = {}
+
+    class Done:
+        def poll(self):
+            return 0
+
+    def fake_popen(cmd, *, env, **kwargs):
+        envs[cmd[4]] = env
+        kwargs["stdout"].close()
+        return Done()
+
+    monkeypatch.setattr(subprocess, "Popen", fake_popen)
+    monkeypatch.setattr(ntg_pipeline, "trainer_threads", lambda concurrent: 64 // concurrent)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")  # set by the caller: kept
+    configs = []
+    for name in ("a", "b", "c"):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(
+            yaml.safe_dump({"run": {"dir": str(tmp_path / name)}, "train": {"steps": 5}})
+        )
+        configs.append(cfg)
+    ntg_pipeline.run_trainers(configs, devices=["cuda:0", "cuda:1"], per_device=4)
+    assert len(envs) == 3
+    for env in envs.values():  # 2 devices x 4 per device = 8 concurrent trainers
+        assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "8"
+        assert env["MKL_NUM_THREADS"] == "3"

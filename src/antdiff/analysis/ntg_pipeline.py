@@ -25,6 +25,7 @@ only inside the functions that need them.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import signal
@@ -167,8 +168,32 @@ def _latest_step(run: Path) -> int:
         return 0
 
 
-def _default_launcher(config_path: Path, device: str, log: Path) -> subprocess.Popen:
+#: The CPU-thread settings that a trainer's numerical libraries (OpenMP, OpenBLAS, MKL) read at
+#: start-up.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def trainer_threads(concurrent: int, cpus: int | None = None) -> int:
+    """CPU threads for each of ``concurrent`` trainers on one host: an equal share of its cores.
+
+    Without a cap every trainer's BLAS starts one thread per core; eight trainers on a 64-core
+    host then run 512 spinning threads, and the CPU side of an evaluation (covariances and
+    eigendecompositions of the FID) slows down many times over."""
+    if cpus is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, concurrent))
+
+
+def _default_launcher(
+    config_path: Path, device: str, log: Path, *, threads: int | None = None
+) -> subprocess.Popen:
     env = dict(os.environ)
+    if threads is not None:
+        for var in THREAD_VARIABLES:
+            env.setdefault(var, str(threads))  # the caller's own setting wins
     cmd = [sys.executable, "-m", "antdiff.cli", "train", str(config_path), "--resume", "auto"]
     if device.startswith("cuda:"):
         env["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
@@ -207,7 +232,8 @@ def run_trainers(
 ) -> list[Path]:
     """Train (or resume, ``--resume auto``) every config whose run is not finished yet, up to
     ``len(devices) × per_device`` at once, each new run on the least busy device; a run's log
-    is ``RUN/train.log``. With ``time_limit`` (seconds) the trainers still running are sent
+    is ``RUN/train.log``. Each trainer gets an equal share of the host's CPU threads
+    (:func:`trainer_threads`, through ``OMP/OPENBLAS/MKL_NUM_THREADS`` unless already set). With ``time_limit`` (seconds) the trainers still running are sent
     SIGTERM when it expires (they write a checkpoint and exit 0); call again to continue.
     Returns the run directories; raises if a trainer fails, quoting the end of its log."""
     import yaml
@@ -216,7 +242,9 @@ def run_trainers(
         raise ValueError(f"per_device must be >= 1, got {per_device}")
     devs = list(dict.fromkeys(devices)) or ["auto"]
     say = progress or (lambda _m: None)
-    launch = launcher or _default_launcher
+    launch = launcher or functools.partial(
+        _default_launcher, threads=trainer_threads(len(devs) * per_device)
+    )
     todo: list[tuple[Path, Path]] = []
     runs: list[Path] = []
     for c in configs:
