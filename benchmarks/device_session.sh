@@ -6,9 +6,9 @@
 #
 # Each call: set up (idempotent), train/resume every group of runs (one group per GPU, the runs
 # of a group side by side on that GPU) until the call's budget, then collect the result JSONs,
-# the training summary, logs and metrics into $OUT/<stamp>.tar.gz. Run folders live in the
-# git-ignored .dev/ and survive between calls while the machine stays warm (a call that overran
-# its limit lost them once, so every call bundles inside BUDGET). Once every run is finished it
+# the training summary, logs and metrics into $OUT/<stamp>.tar.gz. Run folders live in DEV_DIR
+# (/tmp/antdiff_device_session) and survive between calls while the machine stays warm; every
+# call bundles inside BUDGET, so a lost machine loses only the work since the last reply. Once every run is finished it
 # computes the O1 affinity of the finished vanilla runs (EMA weights, 10 bins, 1,000 images).
 #
 # DETACH=1 keeps the trainers running *between* calls: the first call starts the work in a new
@@ -31,7 +31,8 @@
 #               start to the deadline
 #   AFFINITY_RUNS  runs whose O1 affinity is computed at the end ("vanilla-eps-s0 vanilla-hybrid-s0")
 #   CARRY_DIR   the carried folder of this call (.carry/gpu): its site.tar.xz (or wheels), the fp16
-#               Inception and the data are added to .dev/ and stay there for the later calls
+#               Inception and the data are added to DEV_DIR and stay there for the later calls
+#   DEV_DIR     where runs, results and logs live (/tmp/antdiff_device_session)
 #
 # Needs, carried in .carry/gpu/ (benchmarks/prepare_carry.sh builds it): inception_fp16.pt.xz
 # (antdiff stats --export-inception-fp16, xz-compressed to fit the 64 MiB carry limit),
@@ -54,7 +55,10 @@ ROLE=${DS_ROLE:-call} # "work": the detached worker this script starts (DETACH=1
 RUN_GROUPS=${RUN_GROUPS:-"vanilla-eps-s0,timestep-uw-eps-s0 vanilla-hybrid-s0,timestep-uw-hybrid-s0 minsnr-eps-s0,p2-eps-s0 vanilla-eps-s1,timestep-uw-eps-s1"}
 read -r -a GROUP <<<"$RUN_GROUPS"
 C=${CARRY_DIR:-.carry/gpu}
-D=${DEV_DIR:-.dev}
+# Outside the working tree: a git-ignored folder in the repository root (.dev/) was gone at the
+# next call on the same warm machine, twice; /tmp kept its files between calls.
+D=${DEV_DIR:-/tmp/antdiff_device_session}
+mkdir -p "$D" && D=$(cd "$D" && pwd) # absolute: the work may live outside the working tree
 OUT=${OUT:-$D/out}
 mkdir -p "$D/results" "$D/logs" "$OUT"
 say() { echo "[device_session $(date +%H:%M:%S) +$((SECONDS - START))s] $*"; }
@@ -102,7 +106,7 @@ else
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target "$D/site" "$w" || exit 1
     done
-    export PYTHONPATH=$PWD/$D/site:$PWD/src
+    export PYTHONPATH=$D/site:$PWD/src
     if [ ! -f "$D/inception_fp16.pt" ] && [ -f "$C/inception_fp16.pt.xz" ]; then
         xz -dc "$C/inception_fp16.pt.xz" >"$D/inception_fp16.pt.part" &&
             mv "$D/inception_fp16.pt.part" "$D/inception_fp16.pt"
@@ -111,13 +115,16 @@ else
     for f in "$D/inception_fp16.pt" "$D/cifar10-train-jpeg.tar.xz"; do
         [ -f "$f" ] || { echo "missing $f: carry it in $C (see the header)" >&2; exit 1; }
     done
-    INCEPTION=$PWD/$D/inception_fp16.pt
+    INCEPTION=$D/inception_fp16.pt
     DATA=$D/cifar10-train-jpeg.tar.xz
     REF=$D/cifar10_train_ref.npz
     if [ "$ROLE" = call ]; then
         nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
-        "$PY" -c "import cvxpy; print('cvxpy', cvxpy.__version__, cvxpy.installed_solvers())" ||
-            echo "no cvxpy: NashMTL would fall back to its Newton solver"
+        if ! "$PY" -c "import cvxpy; print('cvxpy', cvxpy.__version__, cvxpy.installed_solvers())"; then
+            case $RUN_GROUPS in # the protocol's NashMTL solves with cvxpy, not the Newton fallback
+            *nash*) echo "cvxpy does not import: rebuild .carry/gpu (prepare_carry.sh)" >&2 && exit 1 ;;
+            esac
+        fi
     fi
     if [ ! -f "$REF" ]; then
         say "reference statistics of CIFAR-10 train (50k)"

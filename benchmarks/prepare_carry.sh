@@ -8,7 +8,8 @@
 #                                          their wheels and xz-compressed as one archive (~6 MB
 #                                          instead of 12 MB of wheels): diffusers,
 #                                          importlib_metadata, torchjd, and cvxpy + clarabel
-#                                          (NashMTL's solver)
+#                                          + qdldl (NashMTL's solver; cvxpy imports qdldl,
+#                                          its other solvers are optional)
 #
 #   bash benchmarks/prepare_carry.sh [SHARED_DATA_DIR]     (default ../shared/data)
 #
@@ -33,7 +34,8 @@ if [ ! -f .carry/gpu/site.tar.xz ]; then
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
         --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$tmp/wheels" \
-        diffusers==0.42.1 importlib_metadata==10.2.0 torchjd==0.18.0 cvxpy==1.9.3 clarabel==0.11.1
+        diffusers==0.42.1 importlib_metadata==10.2.0 torchjd==0.18.0 cvxpy==1.9.3 clarabel==0.11.1 \
+        qdldl==0.1.9.post1
     mkdir -p "$tmp/site"
     for w in "$tmp"/wheels/*.whl; do python3 -m zipfile -e "$w" "$tmp/site"; done
     tar -C "$tmp/site" -cf - . | xz -T0 -9e >.carry/gpu/site.tar.xz.part
