@@ -151,6 +151,41 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def source_digest(root: Path = ROOT) -> str:
+    """sha256 over the code that trains and evaluates (``src/antdiff``, its shipped configs and
+    this driver), path by path. A device machine's copy of the repository may carry a stale
+    ``.git`` (seen on this workplace's device machines), so the commit alone does not identify
+    the code; the digest does, and ``git`` can find the commit whose tree gives the same one."""
+    import hashlib
+
+    h = hashlib.sha256()
+    files = sorted(
+        f
+        for f in [*(root / "src" / "antdiff").rglob("*"), root / "benchmarks" / "repro_cifar.py"]
+        if f.is_file() and "__pycache__" not in f.parts and f.suffix in {".py", ".yaml", ".typed"}
+    )
+    for f in files:
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def peak_memory(run: Path) -> dict[str, float | None]:
+    """Largest peak CUDA memory (GiB) of the run's training windows and of its evaluations, from
+    ``metrics.jsonl`` (None where the trainer did not log it: CPU, or an older trainer)."""
+    train: list[float] = []
+    evals: list[float] = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line) if line.strip() else {}
+        if row.get("peak_mem_gib") is not None:
+            train.append(row["peak_mem_gib"])
+        if row.get("eval_peak_mem_gib") is not None:
+            evals.append(row["eval_peak_mem_gib"])
+    return {
+        "train_peak_mem_gib": max(train) if train else None,
+        "eval_peak_mem_gib": max(evals) if evals else None,
+    }
+
+
 def collect(a: argparse.Namespace) -> list[Path]:
     """One result JSON per run directory of the slice that has evaluations."""
     import yaml
@@ -175,6 +210,7 @@ def collect(a: argparse.Namespace) -> list[Path]:
             "config": cfg,
             "seed": cfg["run"]["seed"],
             "git_commit": _git_commit(),
+            "source_digest": source_digest(),
             "card": _card(),
             "iterations": int(log.steps[-1]) if log.steps.size else 0,
             "curve": [
@@ -190,6 +226,7 @@ def collect(a: argparse.Namespace) -> list[Path]:
                 for step, e in log.evals
             ],
             "it_per_s_median": float(np.median(speeds)) if speeds.size else None,
+            **peak_memory(run),
         }
         path = results / f"{a.slice}-{name}.json"
         path.write_text(json.dumps(res, indent=1, default=str))
@@ -226,22 +263,29 @@ def summarize(a: argparse.Namespace) -> list[Path]:
                 "weights_last": log.weights[-1].tolist(),
                 "uw_weights_last": bal.get("uw_weights"),
                 "evals": [[s, e] for s, e in log.evals],
+                **peak_memory(run),
             }
         )
     out = Path(a.results)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(rows, indent=1) + "\n")
     lines = [
-        f"| run | iterations | it/s (median) | loss (last {a.tail} windows) | "
-        "cluster losses, clean → noisy | balancer weights at the end (UW: ½e^(−s)) |",
-        "|---|---|---|---|---|---|",
+        f"| run | iterations | it/s (median) | peak GiB (train / eval) | "
+        f"loss (last {a.tail} windows) | cluster losses, clean → noisy | "
+        "balancer weights at the end (UW: ½e^(−s)) |",
+        "|---|---|---|---|---|---|---|",
     ]
+
+    def gib(v: float | None) -> str:
+        return "—" if v is None else f"{v:.1f}"
+
     for r in rows:
         cl = ", ".join(f"{v:.4f}" for v in r["cluster_losses_tail"])
         w = r["uw_weights_last"] or r["weights_last"]
         shown = ", ".join(f"{v:.3g}" for v in w) if r["method"] not in (None, "vanilla") else "—"
         lines.append(
             f"| {r['run']} | {r['iterations']} | {r['it_per_s_median']:.2f} | "
+            f"{gib(r['train_peak_mem_gib'])} / {gib(r['eval_peak_mem_gib'])} | "
             f"{r['loss_tail']:.4f} | {cl} | {shown} |"
         )
     (out / "summary.md").write_text("\n".join(lines) + "\n")

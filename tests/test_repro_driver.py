@@ -73,6 +73,13 @@ def test_smoke_slice_trains_evaluates_and_writes_results(tmp_path):
     assert all(p["n"] == 12 and p["fid"] > 0 and 0 <= p["precision"] <= 1 for p in uw["curve"])
     assert all(p["seconds"]["sampling"] > 0 for p in uw["curve"])  # what each evaluation cost
     assert len(uw["git_commit"]) in (40, 7) or uw["git_commit"] == "unknown"
+    # the code that ran, identified by content (a device's .git can be stale)
+    sys.path.insert(0, str(DRIVER.parent))
+    try:
+        import repro_cifar
+    finally:
+        sys.path.pop(0)
+    assert uw["source_digest"] == repro_cifar.source_digest() and len(uw["source_digest"]) == 64
     van = json.loads(files[1].read_text())
     assert van["config"]["ant"]["enabled"] is False and van["seed"] == 0
     # The study evaluates EMA weights from a few thousand steps on: EMA warm-up must be on.
@@ -94,3 +101,43 @@ def test_smoke_slice_trains_evaluates_and_writes_results(tmp_path):
     assert [s for s, _ in rows["timestep-uw-hybrid-s0"]["evals"]] == [1, 2]
     table = (tmp_path / "summary" / "summary.md").read_text()
     assert "| timestep-uw-hybrid-s0 | 2 |" in table and "| vanilla-eps-s0 | 2 |" in table
+    # no CUDA here: the trainer logs no peak memory, and the table says so rather than inventing
+    assert uw["train_peak_mem_gib"] is None and rows["vanilla-eps-s0"]["eval_peak_mem_gib"] is None
+    assert "| — / — |" in table
+
+
+def test_peak_memory_reads_the_largest_window_and_evaluation(tmp_path):
+    sys.path.insert(0, str(DRIVER.parent))
+    try:
+        import repro_cifar
+    finally:
+        sys.path.pop(0)
+    lines = [
+        {"step": 100, "loss": 1.0, "peak_mem_gib": 9.5},
+        {"step": 200, "loss": 0.9, "peak_mem_gib": 9.75},
+        {"step": 200, "eval": {"fid": 50.0}, "eval_peak_mem_gib": 3.25},
+        {"step": 300, "loss": 0.8, "peak_mem_gib": 9.6},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert repro_cifar.peak_memory(tmp_path) == {
+        "train_peak_mem_gib": 9.75,
+        "eval_peak_mem_gib": 3.25,
+    }
+
+
+def test_source_digest_follows_the_code(tmp_path):
+    sys.path.insert(0, str(DRIVER.parent))
+    try:
+        import repro_cifar
+    finally:
+        sys.path.pop(0)
+    (tmp_path / "src" / "antdiff" / "__pycache__").mkdir(parents=True)
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "repro_cifar.py").write_text("# driver\n")
+    (tmp_path / "src" / "antdiff" / "a.py").write_text("x = 1\n")
+    first = repro_cifar.source_digest(tmp_path)
+    (tmp_path / "src" / "antdiff" / "__pycache__" / "a.pyc").write_bytes(b"\0")  # not code
+    (tmp_path / "src" / "antdiff" / "notes.txt").write_text("not code either\n")
+    assert repro_cifar.source_digest(tmp_path) == first
+    (tmp_path / "src" / "antdiff" / "a.py").write_text("x = 2\n")
+    assert repro_cifar.source_digest(tmp_path) != first

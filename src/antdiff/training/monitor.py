@@ -12,10 +12,12 @@ steps) is::
                                    # (the balancer's; n_i/B for vanilla training)
      "balancer": {...},            # the balancer's record() at the last step
      "lr": 1e-4, "grad_norm": 0.8, # at the last step (grad_norm before clipping)
-     "it_per_s": 12.3, "img_per_s": 1574.4, "time": 81.2}   # time: training seconds so far
+     "it_per_s": 12.3, "img_per_s": 1574.4, "time": 81.2,   # time: training seconds so far
+     "peak_mem_gib": 9.7}          # CUDA only: peak memory allocated in the window
 
 An evaluation line is ``{"step": 1000, "eval": {"fid": ..., "n": ..., ...}, "eval_seconds":
-{"sampling": ..., "metrics": ...}}`` (wall seconds of the EMA sampling and of the metrics). Non-finite numbers
+{"sampling": ..., "metrics": ...}}`` (wall seconds of the EMA sampling and of the metrics; on CUDA
+also ``"eval_peak_mem_gib"``, the evaluation's peak memory). Non-finite numbers
 are written as ``null`` so that every line is strict JSON.
 """
 

@@ -380,6 +380,16 @@ def _train(
             should_stop=should_stop,
         )
 
+    cuda = device.type == "cuda"
+
+    def peak_memory() -> float | None:
+        """GiB of CUDA memory allocated at the peak since the last call (what a method costs)."""
+        if not cuda:
+            return None
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+        torch.cuda.reset_peak_memory_stats(device)
+        return round(peak, 3)
+
     def sample_grid() -> None:
         images = draw(torch.arange(cfg.train.sample_n), seed)
         path = save_grid(images, run.sample_grid(step), scale=max(1, 64 // images.shape[1]))
@@ -397,6 +407,7 @@ def _train(
         n = cfg.train.eval_n
         share = torch.arange(rank, n, world)
         images: np.ndarray | None
+        peak_memory()  # the evaluation's own peak, not the training window's
         t0 = time.perf_counter()
         try:
             images = draw(share, _seed(seed, 100 + rank), lambda: stop.requested)
@@ -416,7 +427,10 @@ def _train(
             result = evaluator(gathered)
             # what an evaluation costs, so that time budgets can be planned from the log
             seconds = {"sampling": t1 - t0, "metrics": time.perf_counter() - t1}
-            metrics.write({"step": step, "eval": result, "eval_seconds": seconds})
+            line = {"step": step, "eval": result, "eval_seconds": seconds}
+            if cuda:
+                line["eval_peak_mem_gib"] = peak_memory()
+            metrics.write(line)
             if tb is not None:
                 tb.scalars(
                     step,
@@ -595,6 +609,8 @@ def _train(
                     "img_per_s": its * B,
                     "time": train_time + hook_start - t_start,
                 }
+                if cuda:
+                    line["peak_mem_gib"] = peak_memory()
                 assert metrics is not None
                 metrics.write(line)
                 if tb is not None:
