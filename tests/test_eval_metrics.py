@@ -207,3 +207,81 @@ def test_precision_recall_argument_errors():
         precision_recall(real=np.zeros((10, 2)), generated=np.zeros((10, 3)))
     with pytest.raises(TypeError):
         precision_recall(np.zeros((10, 2)), np.zeros((10, 2)))  # positional use is refused
+
+
+def test_gpu_path_of_the_fid_linear_algebra_matches_numpy():
+    """The float64 torch path (what a GPU evaluation runs) computes the same covariance and the
+    same square-root trace as the NumPy path, here run on the CPU."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((300, 40)) @ rng.standard_normal((40, 40)) + 5.0
+    y = rng.standard_normal((200, 40)) * np.linspace(0.1, 3.0, 40)
+    ref = M.gaussian_stats(x)
+    gx = M._gaussian_stats_torch(torch.from_numpy(x), "cpu")
+    assert gx.n == 300
+    np.testing.assert_allclose(gx.mu, ref.mu, rtol=1e-12)
+    np.testing.assert_allclose(gx.sigma, ref.sigma, rtol=1e-10, atol=1e-10)
+    sy = M.gaussian_stats(y)
+    expected = M.trace_sqrt_product(ref.sigma, sy.sigma)
+    got = M._trace_sqrt_product_torch(ref.sigma, sy.sigma, "cpu")
+    assert got == pytest.approx(expected, rel=1e-10)
+    with pytest.raises(ValueError, match="at least 2"):
+        M._gaussian_stats_torch(x[:1], "cpu")
+
+
+def test_fid_routes_to_the_device_only_for_accelerators(monkeypatch):
+    """CPU (or no device) keeps the NumPy path; a GPU device sends the covariance and the
+    square-root trace of the FID and of its floor to the device."""
+    import torch
+
+    from antdiff.evaluation.evaluate import evaluate_features
+    from antdiff.evaluation.reference import ReferenceStats
+
+    calls: list[str] = []
+    real_trace = M._trace_sqrt_product_torch
+
+    def fake_trace(s1, s2, device):
+        calls.append(f"trace:{torch.device(device).type}")
+        return real_trace(s1, s2, "cpu")
+
+    monkeypatch.setattr(M, "_trace_sqrt_product_torch", fake_trace)
+    assert M._on_accelerator("cuda:1") and M._on_accelerator(torch.device("mps"))
+    assert not M._on_accelerator("cpu") and not M._on_accelerator(None)
+    a = np.eye(3) * 2.0
+    b = np.eye(3)
+    M.frechet_distance(np.zeros(3), a, np.ones(3), b, device="cpu")
+    assert calls == []
+    value = M.frechet_distance(np.zeros(3), a, np.ones(3), b, device="cuda:0")
+    assert calls == ["trace:cuda"]
+    assert value == pytest.approx(M.frechet_distance(np.zeros(3), a, np.ones(3), b))
+
+    # evaluate_features passes its device down (covariance of the samples, FID, floor)
+    seen: list[object] = []
+    real_stats = M.gaussian_stats
+
+    def spy_stats(features, device=None):
+        seen.append(device)
+        return real_stats(features)
+
+    import importlib
+
+    E = importlib.import_module("antdiff.evaluation.evaluate")  # the package re-exports evaluate()
+    R = importlib.import_module("antdiff.evaluation.reference")
+
+    monkeypatch.setattr(E, "gaussian_stats", spy_stats)
+    monkeypatch.setattr(R, "gaussian_stats", spy_stats)
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((60, 4))
+    stats = M.gaussian_stats(feats)
+    net = {"name": "test", "checksum": "abc", "preprocessing": "none"}
+    ref = ReferenceStats(
+        mu=stats.mu, sigma=stats.sigma, n=60, features=feats.astype(np.float32),
+        extractor=net, dataset="test",
+    )  # fmt: skip
+    calls.clear()
+    out = evaluate_features(
+        rng.standard_normal((20, 4)), ref, extractor_info=net, metrics=["fid"], device="cuda:0"
+    )
+    assert seen == ["cuda:0", "cuda:0"]  # the samples' covariance and the floor's
+    assert calls == ["trace:cuda", "trace:cuda"] and out["floor"] is not None

@@ -168,11 +168,11 @@ def evaluate_features(
     if "fid" in chosen:
         if n_gen < 2:
             raise ValueError(f"FID needs at least 2 generated samples, got {n_gen}")
-        g = gaussian_stats(gen)
-        result["fid"] = frechet_distance(g.mu, g.sigma, ref.mu, ref.sigma)
+        g = gaussian_stats(gen, device=device)
+        result["fid"] = frechet_distance(g.mu, g.sigma, ref.mu, ref.sigma, device=device)
         if floor:
             try:
-                fl = ref.floor(n_gen, method=floor_method, seed=seed)
+                fl = ref.floor(n_gen, method=floor_method, seed=seed, device=device)
                 result.update(floor=fl.value, floor_method=fl.method, floor_n_ref=fl.n_ref)
             except ValueError as e:
                 result.update(floor=None, floor_method=floor_method, floor_n_ref=None)

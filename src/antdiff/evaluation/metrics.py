@@ -103,11 +103,33 @@ class StatsAccumulator:
         return GaussianStats(mu=self._shift + mean_c, sigma=sigma, n=self.n)
 
 
-def gaussian_stats(features: Any) -> GaussianStats:
-    """Mean and unbiased (``n − 1``) covariance of ``features [N, D]`` in float64."""
-    acc = StatsAccumulator()
-    acc.update(features)
-    return acc.finalize()
+def _on_accelerator(device: str | torch.device | None) -> bool:
+    return device is not None and torch.device(device).type != "cpu"
+
+
+def gaussian_stats(features: Any, device: str | torch.device | None = None) -> GaussianStats:
+    """Mean and unbiased (``n − 1``) covariance of ``features [N, D]`` in float64.
+
+    On a GPU ``device`` the product ``XᵀX`` (20 GFLOP for 5,000 × 2,048 features) runs there in
+    float64; elsewhere in NumPy, which competes for the host's cores with everything else."""
+    if not _on_accelerator(device):
+        acc = StatsAccumulator()
+        acc.update(features)
+        return acc.finalize()
+    assert device is not None
+    return _gaussian_stats_torch(features, device)
+
+
+def _gaussian_stats_torch(features: Any, device: str | torch.device) -> GaussianStats:
+    """:func:`gaussian_stats` in float64 torch on ``device`` (centred on the mean)."""
+    x = torch.from_numpy(_as_2d_float64(features, "features")).to(device)
+    if x.shape[0] < 2:
+        raise ValueError(f"need at least 2 feature vectors for a covariance, got {x.shape[0]}")
+    mu = x.mean(dim=0)
+    c = x - mu
+    sigma = c.T @ c / (x.shape[0] - 1)
+    sigma = 0.5 * (sigma + sigma.T)
+    return GaussianStats(mu=mu.cpu().numpy(), sigma=sigma.cpu().numpy(), n=int(x.shape[0]))
 
 
 def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
@@ -115,13 +137,31 @@ def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
-def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+def _trace_sqrt_product_torch(sigma1: Any, sigma2: Any, device: str | torch.device) -> float:
+    """:func:`trace_sqrt_product` in float64 torch on ``device`` (the same two ``eigh``)."""
+    s1 = torch.as_tensor(np.asarray(sigma1, dtype=np.float64), device=device)
+    s2 = torch.as_tensor(np.asarray(sigma2, dtype=np.float64), device=device)
+    w, v = torch.linalg.eigh(0.5 * (s1 + s1.T))
+    s1h = (v * w.clamp_min(0.0).sqrt()) @ v.T
+    m = s1h @ s2 @ s1h
+    eig = torch.linalg.eigvalsh(0.5 * (m + m.T))
+    return float(eig.clamp_min(0.0).sqrt().sum())
+
+
+def trace_sqrt_product(
+    sigma1: np.ndarray, sigma2: np.ndarray, device: str | torch.device | None = None
+) -> float:
     """``tr((Σ1 Σ2)^{1/2})`` for symmetric PSD ``Σ1, Σ2``, via symmetric eigendecompositions.
 
     ``Σ1 Σ2`` is similar to the symmetric PSD ``M = Σ1^{1/2} Σ2 Σ1^{1/2}``, so the trace is
     ``Σ_i √λ_i(M)``. Both steps use ``eigh`` (real by construction) and clip round-off negatives
     to zero: no ``scipy.linalg.sqrtm``, no imaginary parts, stable for singular Σ (n < D).
+    On a GPU ``device`` both run there in float64 (two 2,048² ``eigh`` take seconds of a busy
+    host's CPU, a fraction of a second on the GPU); otherwise in NumPy.
     """
+    if _on_accelerator(device):
+        assert device is not None
+        return _trace_sqrt_product_torch(sigma1, sigma2, device)
     s1h = _psd_sqrt(np.asarray(sigma1, dtype=np.float64))
     m = s1h @ np.asarray(sigma2, dtype=np.float64) @ s1h
     eig = np.linalg.eigvalsh(0.5 * (m + m.T))
@@ -129,11 +169,16 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
 
 
 def frechet_distance(
-    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
+    mu1: np.ndarray,
+    sigma1: np.ndarray,
+    mu2: np.ndarray,
+    sigma2: np.ndarray,
+    device: str | torch.device | None = None,
 ) -> float:
     """Fréchet distance between ``N(μ1, Σ1)`` and ``N(μ2, Σ2)`` (Heusel et al., 2017):
 
-    ``FID = ‖μ1 − μ2‖² + tr(Σ1) + tr(Σ2) − 2 tr((Σ1 Σ2)^{1/2})``, in float64.
+    ``FID = ‖μ1 − μ2‖² + tr(Σ1) + tr(Σ2) − 2 tr((Σ1 Σ2)^{1/2})``, in float64 (the square-root
+    trace on ``device`` when that is a GPU, see :func:`trace_sqrt_product`).
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
@@ -144,7 +189,10 @@ def frechet_distance(
         )
     diff = mu1 - mu2
     value = (
-        diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2)
+        diff @ diff
+        + np.trace(sigma1)
+        + np.trace(sigma2)
+        - 2.0 * trace_sqrt_product(sigma1, sigma2, device)
     )
     # Round-off can push an exact zero slightly negative; the distance is non-negative.
     return max(float(value), 0.0)

@@ -145,11 +145,11 @@ class ReferenceStats:
 
     # -- floor ----------------------------------------------------------------------------------
 
-    def floor(self, n: int, method: str = "disjoint", seed: int = 0) -> Floor:
-        """Cached :func:`real_floor`."""
+    def floor(self, n: int, method: str = "disjoint", seed: int = 0, device: Any = None) -> Floor:
+        """Cached :func:`real_floor` (``device``: where its linear algebra runs)."""
         key = (n, method, seed)
         if key not in self._floors:
-            self._floors[key] = real_floor(self, n, method=method, seed=seed)
+            self._floors[key] = real_floor(self, n, method=method, seed=seed, device=device)
         return self._floors[key]
 
     # -- persistence ----------------------------------------------------------------------------
@@ -337,7 +337,9 @@ def compute_reference_stats(
     )
 
 
-def real_floor(ref: ReferenceStats, n: int, *, method: str = "disjoint", seed: int = 0) -> Floor:
+def real_floor(
+    ref: ReferenceStats, n: int, *, method: str = "disjoint", seed: int = 0, device: Any = None
+) -> Floor:
     """Real-vs-real FID at sample count ``n``: what a perfect generator would score.
 
     ``n`` of the stored real features are drawn (seeded). ``"disjoint"`` compares them with the
@@ -345,6 +347,7 @@ def real_floor(ref: ReferenceStats, n: int, *, method: str = "disjoint", seed: i
     contribution from ``mu``/``sigma`` (so only the ``n`` drawn features need to be stored);
     ``"subset"`` compares them with the full reference statistics. Raises ``ValueError`` when the
     reference stores fewer than ``n`` features (rebuild it with a larger ``max_features``).
+    On a GPU ``device`` the covariance and the square-root trace run there (float64).
     """
     if method not in FLOOR_METHODS:
         raise ValueError(f"unknown floor method {method!r}; expected one of {FLOOR_METHODS}")
@@ -359,11 +362,10 @@ def real_floor(ref: ReferenceStats, n: int, *, method: str = "disjoint", seed: i
     rng = np.random.default_rng(seed)
     idx = rng.choice(m, size=n, replace=False) if n < m else np.arange(m)
     a = ref.features[idx].astype(np.float64)
-    stats_a = gaussian_stats(a)
+    stats_a = gaussian_stats(a, device=device)
     if method == "subset":
-        return Floor(
-            frechet_distance(stats_a.mu, stats_a.sigma, ref.mu, ref.sigma), n, ref.n, method, seed
-        )
+        fid = frechet_distance(stats_a.mu, stats_a.sigma, ref.mu, ref.sigma, device=device)
+        return Floor(fid, n, ref.n, method, seed)
     n_b = ref.n - n
     if n_b < 2:
         raise ValueError(
@@ -377,4 +379,5 @@ def real_floor(ref: ReferenceStats, n: int, *, method: str = "disjoint", seed: i
     mu_b = ref.mu + s_b / n_b
     sigma_b = (c_b - np.outer(s_b, s_b) / n_b) / (n_b - 1)
     sigma_b = 0.5 * (sigma_b + sigma_b.T)
-    return Floor(frechet_distance(stats_a.mu, stats_a.sigma, mu_b, sigma_b), n, n_b, method, seed)
+    fid = frechet_distance(stats_a.mu, stats_a.sigma, mu_b, sigma_b, device=device)
+    return Floor(fid, n, n_b, method, seed)
