@@ -231,6 +231,9 @@ for r in "$D"/repro/*/; do
     mkdir -p "$D/results/runs/$n"
     cp "$r"/metrics.jsonl "$r"/config.yaml "$r"/clusters.json "$D/results/runs/$n/" 2>/dev/null
     tail -n 40 "$r/train.log" >"$D/results/runs/$n/train.log.tail" 2>/dev/null
+    # the newest sample grid (EMA weights), to look at next to the FID
+    grid=$(ls "$r"/samples/*.png 2>/dev/null | sort | tail -n 1)
+    [ -n "$grid" ] && cp "$grid" "$D/results/runs/$n/"
 done
 cp "$D"/logs/*.log "$D/results/" 2>/dev/null
 stamp=$(date +%H%M%S)

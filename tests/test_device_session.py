@@ -51,6 +51,7 @@ def test_device_session_dry_run_trains_evaluates_and_bundles(tmp_path: Path) -> 
         "results/affinity-vanilla-eps-s0/affinity.npy",
     } <= names
     assert result["iterations"] == 2 and [p["step"] for p in result["curve"]] == [2]
+    assert any(n.startswith("results/runs/vanilla-eps-s0/") and n.endswith(".png") for n in names)
     assert result["config"]["train"]["log_every"] == 1  # SETS reached the run's config
     # A second call finds the run finished and the affinity done: it only bundles again.
     again = subprocess.run(

@@ -13,6 +13,16 @@ ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "benchmarks" / "repro_cifar.py"
 
 
+def _driver_module():
+    """benchmarks/repro_cifar.py as a module (benchmarks/ is no package)."""
+    sys.path.insert(0, str(DRIVER.parent))
+    try:
+        import repro_cifar
+    finally:
+        sys.path.pop(0)
+    return repro_cifar
+
+
 class _TinyFeatures(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -74,11 +84,7 @@ def test_smoke_slice_trains_evaluates_and_writes_results(tmp_path):
     assert all(p["seconds"]["sampling"] > 0 for p in uw["curve"])  # what each evaluation cost
     assert len(uw["git_commit"]) in (40, 7) or uw["git_commit"] == "unknown"
     # the code that ran, identified by content (a device's .git can be stale)
-    sys.path.insert(0, str(DRIVER.parent))
-    try:
-        import repro_cifar
-    finally:
-        sys.path.pop(0)
+    repro_cifar = _driver_module()
     assert uw["source_digest"] == repro_cifar.source_digest() and len(uw["source_digest"]) == 64
     van = json.loads(files[1].read_text())
     assert van["config"]["ant"]["enabled"] is False and van["seed"] == 0
@@ -107,11 +113,7 @@ def test_smoke_slice_trains_evaluates_and_writes_results(tmp_path):
 
 
 def test_peak_memory_reads_the_largest_window_and_evaluation(tmp_path):
-    sys.path.insert(0, str(DRIVER.parent))
-    try:
-        import repro_cifar
-    finally:
-        sys.path.pop(0)
+    repro_cifar = _driver_module()
     lines = [
         {"step": 100, "loss": 1.0, "peak_mem_gib": 9.5},
         {"step": 200, "loss": 0.9, "peak_mem_gib": 9.75},
@@ -126,11 +128,7 @@ def test_peak_memory_reads_the_largest_window_and_evaluation(tmp_path):
 
 
 def test_source_digest_follows_the_code(tmp_path):
-    sys.path.insert(0, str(DRIVER.parent))
-    try:
-        import repro_cifar
-    finally:
-        sys.path.pop(0)
+    repro_cifar = _driver_module()
     (tmp_path / "src" / "antdiff" / "__pycache__").mkdir(parents=True)
     (tmp_path / "benchmarks").mkdir()
     (tmp_path / "benchmarks" / "repro_cifar.py").write_text("# driver\n")
