@@ -10,6 +10,7 @@ seed, git commit, card, iterations, FID/precision/recall curve with n and floor,
     python benchmarks/repro_cifar.py train phase1 --only vanilla-eps-s0,uw-eps-s0 ...
     python benchmarks/repro_cifar.py collect phase1                         # result JSONs
     python benchmarks/repro_cifar.py summary --root R --results OUT         # training-side table
+    python benchmarks/repro_cifar.py table --from DIR [DIR ...] --results OUT  # Table-1 shape
 
 Slices: ``phase1`` (convergence: vanilla, ANT-UW/Nash/PCGrad with timestep clusters, Min-SNR-5,
 P2, each with ε-MSE and the learned-σ hybrid loss; a second seed of vanilla and ANT-UW) and
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -292,6 +294,113 @@ def summarize(a: argparse.Namespace) -> list[Path]:
     return [out / "summary.json", out / "summary.md"]
 
 
+def _method_of(run: str) -> str:
+    """``vanilla-hybrid-s1`` → ``vanilla-hybrid`` (the cell a seed belongs to)."""
+    head, sep, tail = run.rpartition("-s")
+    return head if sep and tail.isdigit() else run
+
+
+def tabulate(a: argparse.Namespace) -> list[Path]:
+    """Table-1-shaped results from result JSONs (``collect``'s files) in ``--from`` folders:
+    for each evaluated step, every cell's FID, precision and recall as the mean over its seeds ±
+    half their range, with each seed's value, the best mean of each column in bold; plus the
+    FID-vs-iteration figure (mean over seeds, bars spanning the seeds' range). Writes ``table.md``,
+    ``table.json`` and ``fid_curves.png`` to ``--results``."""
+    rows: dict[str, dict[int, dict[str, list[float]]]] = {}
+    seeds: dict[str, list[int]] = {}
+    meta: dict[int, dict[str, Any]] = {}
+    for folder in a.sources:
+        files = sorted(Path(folder).glob("phase*-*.json"))
+        if not files:
+            raise SystemExit(f"no result files (phase*-*.json) in {folder}; run `collect` first")
+        for f in files:
+            res = json.loads(f.read_text())
+            cell = _method_of(res["run"])
+            seeds.setdefault(cell, []).append(res["seed"])
+            for point in res["curve"]:
+                if point.get("fid") is None:
+                    continue
+                vals = rows.setdefault(cell, {}).setdefault(int(point["step"]), {})
+                for key in ("fid", "precision", "recall"):
+                    if point.get(key) is not None:
+                        vals.setdefault(key, []).append(float(point[key]))
+                meta.setdefault(
+                    int(point["step"]), {"n": point.get("n"), "floor": point.get("floor")}
+                )
+    if not rows:
+        raise SystemExit("the result files hold no evaluated point")
+    best_is_low = {"fid": True, "precision": False, "recall": False}
+    out = Path(a.results)
+    out.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+    table: dict[str, Any] = {}
+    for step in sorted({st for cell in rows.values() for st in cell}):
+        cells = {c: v[step] for c, v in rows.items() if step in v}
+        means = {c: {k: float(np.mean(x)) for k, x in v.items()} for c, v in cells.items()}
+        best = {
+            k: (min if low else max)(m[k] for m in means.values() if k in m)
+            for k, low in best_is_low.items()
+            if any(k in m for m in means.values())
+        }
+        info = meta[step]
+        lines += [
+            f"### {step} iterations (n = {info['n']}; real-vs-real floor {info['floor']:.2f})"
+            if info.get("floor") is not None
+            else f"### {step} iterations (n = {info['n']})",
+            "",
+            "| cell | seeds | FID ↓ | precision ↑ | recall ↑ |",
+            "|---|---|---|---|---|",
+        ]
+        table[str(step)] = {}
+        for c in sorted(cells, key=lambda c: means[c]["fid"]):
+            shown = []
+            for k in ("fid", "precision", "recall"):
+                x = cells[c].get(k, [])
+                if not x:
+                    shown.append("—")
+                    continue
+                m, half = float(np.mean(x)), (max(x) - min(x)) / 2
+                fmt = ".1f" if k == "fid" else ".3f"
+                txt = f"{m:{fmt}}" + (f" ± {half:{fmt}}" if len(x) > 1 else "")
+                if abs(m - best[k]) < 1e-12:
+                    txt = f"**{txt}**"
+                if len(x) > 1:
+                    txt += " (" + ", ".join(f"{v:{fmt}}" for v in x) + ")"
+                shown.append(txt)
+            lines.append(f"| {c} | {len(cells[c]['fid'])} | " + " | ".join(shown) + " |")
+            table[str(step)][c] = {k: cells[c][k] for k in cells[c]}
+        lines.append("")
+    lines.append(
+        "Mean over seeds ± half their range, each seed's value in brackets; best mean per column "
+        "in bold. Cells: "
+        + ", ".join(f"{c} (seeds {sorted(set(s))})" for c, s in sorted(seeds.items()))
+    )
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    (out / "table.json").write_text(json.dumps({"steps": meta, "cells": table}, indent=1) + "\n")
+
+    from antdiff.plots import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for i, (c, by_step) in enumerate(sorted(rows.items())):
+        st = sorted(by_step)
+        fid = [by_step[x]["fid"] for x in st]
+        color = plt.get_cmap("tab10")(i % 10)
+        mean = np.array([np.mean(v) for v in fid])
+        spread = [mean - [min(v) for v in fid], [max(v) for v in fid] - mean]
+        ax.errorbar(
+            st, mean, yerr=spread, marker="o", ms=3, lw=1.2, capsize=3, color=color, label=c
+        )
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("FID (EMA, DDIM-100)")
+    ax.legend(fontsize=7)
+    ax.set_title("FID during training (mean over seeds, bars: their range)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "fid_curves.png", dpi=120)
+    plt.close(fig)
+    return [out / "table.md", out / "table.json", out / "fid_curves.png"]
+
+
 def _card() -> str:
     import torch
 
@@ -302,7 +411,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("action", choices=["list", "train", "collect", "summary"])
+    ap.add_argument("action", choices=["list", "train", "collect", "summary", "table"])
     ap.add_argument("slice", nargs="?", default="phase1", choices=["phase1", "phase2"])
     ap.add_argument("--loss", default="hybrid", choices=list(LOSSES), help="phase 2 loss")
     ap.add_argument("--only", default=None, help="comma-separated run names of the slice")
@@ -330,6 +439,14 @@ def main() -> None:
     )
     ap.add_argument("--smoke", action="store_true", help="digits + tiny UNet on CPU")
     ap.add_argument("--tail", type=int, default=5, help="log windows averaged by `summary`")
+    ap.add_argument(
+        "--from",
+        dest="sources",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="`table`: folders of result JSONs (collect's output) to tabulate together",
+    )
     a = ap.parse_args()
     if a.action == "list":
         for name, (preset, extra) in grid(a.slice, a.loss).items():
@@ -337,6 +454,12 @@ def main() -> None:
         return
     if a.action == "summary":
         for p in summarize(a):
+            print(f"wrote {p}")
+        return
+    if a.action == "table":
+        if not a.sources:
+            raise SystemExit("table needs --from DIR [DIR ...] (folders of result JSONs)")
+        for p in tabulate(a):
             print(f"wrote {p}")
         return
     if a.action == "collect":

@@ -139,3 +139,46 @@ def test_source_digest_follows_the_code(tmp_path):
     assert repro_cifar.source_digest(tmp_path) == first
     (tmp_path / "src" / "antdiff" / "a.py").write_text("x = 2\n")
     assert repro_cifar.source_digest(tmp_path) != first
+
+
+def test_table_averages_seeds_bolds_the_best_and_draws_the_curves(tmp_path):
+    src = tmp_path / "results"
+    src.mkdir()
+
+    def result(run, seed, curve):
+        pts = [
+            {"step": st, "n": 5000, "fid": f, "precision": p, "recall": r, "floor": 5.8}
+            for st, f, p, r in curve
+        ]
+        (src / f"phase1-{run}.json").write_text(
+            json.dumps({"run": run, "seed": seed, "curve": pts})
+        )
+
+    result("vanilla-hybrid-s0", 0, [(2500, 200.0, 0.30, 0.10), (5000, 100.0, 0.5, 0.2)])
+    result("vanilla-hybrid-s1", 1, [(2500, 196.0, 0.34, 0.06), (5000, 110.0, 0.5, 0.2)])
+    result("timestep-uw-hybrid-s0", 0, [(2500, 104.0, 0.65, 0.05)])  # stopped before 5000
+    out = tmp_path / "table"
+    cmd = [sys.executable, str(DRIVER), "table", "--from", str(src), "--results", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    md = (out / "table.md").read_text()
+    first, second = md.split("### 5000 iterations")
+    assert "### 2500 iterations (n = 5000; real-vs-real floor 5.80)" in first
+    # sorted by FID; the best mean of each column in bold; seeds averaged ± half their range
+    assert first.index("| timestep-uw-hybrid | 1 | **104.0** | **0.650** |") < first.index(
+        "| vanilla-hybrid | 2 | 198.0 ± 2.0 (200.0, 196.0) | 0.320 ± 0.020 (0.300, 0.340) | "
+        "**0.080 ± 0.020** (0.100, 0.060) |"
+    )
+    assert "timestep-uw-hybrid" not in second.split("Mean over seeds")[0]  # never reached 5000
+    assert "| vanilla-hybrid | 2 | **105.0 ± 5.0** (100.0, 110.0) |" in second
+    data = json.loads((out / "table.json").read_text())
+    assert data["cells"]["5000"]["vanilla-hybrid"]["fid"] == [100.0, 110.0]
+    assert (out / "fid_curves.png").stat().st_size > 1000
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = subprocess.run(
+        [sys.executable, str(DRIVER), "table", "--from", str(empty), "--results", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "run `collect` first" in bad.stderr
