@@ -233,8 +233,9 @@ def run_trainers(
     """Train (or resume, ``--resume auto``) every config whose run is not finished yet, up to
     ``len(devices) × per_device`` at once, each new run on the least busy device; a run's log
     is ``RUN/train.log``. Each trainer gets an equal share of the host's CPU threads
-    (:func:`trainer_threads`, through ``OMP/OPENBLAS/MKL_NUM_THREADS`` unless already set). With ``time_limit`` (seconds) the trainers still running are sent
-    SIGTERM when it expires (they write a checkpoint and exit 0); call again to continue.
+    (:func:`trainer_threads`, through ``OMP/OPENBLAS/MKL_NUM_THREADS`` unless already set).
+    With ``time_limit`` (seconds) the trainers still running are sent SIGTERM when it expires
+    (they write a checkpoint and exit 0); call again to continue.
     Returns the run directories; raises if a trainer fails, quoting the end of its log."""
     import yaml
 

@@ -222,8 +222,7 @@ def _on(a: np.ndarray, device: str | torch.device | None) -> np.ndarray | Tensor
     for milliseconds per call on a busy machine; on a GPU, torch is far faster for the large
     products (10k × 10k distances) of a real evaluation.
     """
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    return a if dev.type == "cpu" else torch.from_numpy(a).to(dev)
+    return torch.from_numpy(a).to(device) if _on_accelerator(device) else a
 
 
 def polynomial_kernel(x: np.ndarray | Tensor, y: np.ndarray | Tensor) -> np.ndarray | Tensor:

@@ -347,7 +347,8 @@ def real_floor(
     contribution from ``mu``/``sigma`` (so only the ``n`` drawn features need to be stored);
     ``"subset"`` compares them with the full reference statistics. Raises ``ValueError`` when the
     reference stores fewer than ``n`` features (rebuild it with a larger ``max_features``).
-    On a GPU ``device`` the covariance and the square-root trace run there (float64).
+    On a GPU ``device`` the drawn features' covariance and the square-root trace run there
+    (float64).
     """
     if method not in FLOOR_METHODS:
         raise ValueError(f"unknown floor method {method!r}; expected one of {FLOOR_METHODS}")
