@@ -8,8 +8,9 @@
 # of a group side by side on that GPU) until the call's budget, then collect the result JSONs,
 # the training summary, logs and metrics into $OUT/<stamp>.tar.gz. Run folders live in DEV_DIR
 # (/tmp/antdiff_device_session) and survive between calls while the machine stays warm; every
-# call bundles inside BUDGET, so a lost machine loses only the work since the last reply. Once every run is finished it
-# computes the O1 affinity of the finished vanilla runs (EMA weights, 10 bins, 1,000 images).
+# call bundles inside BUDGET, so a lost machine loses only the work since the last reply. Once
+# every run is finished it computes the O1 affinity of AFFINITY_RUNS (EMA weights, 10 bins,
+# 1,000 images).
 #
 # DETACH=1 keeps the trainers running *between* calls: the first call starts the work in a new
 # process session (which outlives the call) with a fixed deadline, TRAIN_SECONDS after the first
@@ -95,8 +96,8 @@ EOF
     device() { echo cpu; }
     EXTRA=(--smoke)
 else
-    # Whatever this call carried is added to $D (wheels installed into $D/site), so a second
-    # carry folder (CARRY_DIR) can bring what did not fit beside the data, e.g. cvxpy/clarabel.
+    # Whatever this call carried is added to $D (site.tar.xz unpacked, wheels installed into
+    # $D/site), so a later call's carry folder (CARRY_DIR) can add what did not fit the first.
     if [ -f "$C/site.tar.xz" ] && ! cmp -s "$C/site.tar.xz" "$D/site.tar.xz"; then
         mkdir -p "$D/site" && tar -xJf "$C/site.tar.xz" -C "$D/site" && cp "$C/site.tar.xz" "$D/" ||
             exit 1
@@ -142,7 +143,7 @@ repro() { # DEVICE RUNS
     "$PY" benchmarks/repro_cifar.py train phase1 --only "$2" --devices "$1" --per-device 8 \
         --data "$DATA" --ref "$REF" --inception "$INCEPTION" --steps "$STEPS" \
         --eval-every "$EVAL_EVERY" --eval-n "$EVAL_N" --root "$D/repro" --results "$D/results" \
-        --time-limit "$(left)" "${EXTRA[@]}" >>"$D/logs/repro_$1.log" 2>&1
+        --time-limit "$(left)" "${EXTRA[@]}" >>"$D/logs/repro_${1//:/}.log" 2>&1
 }
 finished() { # RUN: exit 0 when the run reached STEPS and owes no evaluation
     "$PY" -c "import sys; from antdiff.analysis.ntg_pipeline import run_finished as f; \
