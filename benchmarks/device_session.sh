@@ -31,6 +31,13 @@
 #   DETACH      1: trainers outlive the call (above); TRAIN_SECONDS (1380) from the first call's
 #               start to the deadline
 #   AFFINITY_RUNS  runs whose O1 affinity is computed at the end ("vanilla-eps-s0 vanilla-hybrid-s0")
+#   NTG_JOINTS  O2: runs of RUN_GROUPS whose negative transfer gap is measured (none). Beside them
+#               the 5 equal-interval specialists are trained from the first joint's config (same
+#               model, loss, data and STEPS; no balancer, so they serve every joint), on
+#               NTG_DEVICES (GPU indices, "0 1 2 3"), NTG_PER_DEVICE (1) each, seeds NTG_SEEDS
+#               ("0,1"); once joints and specialists reached STEPS, `antdiff ntg` measures every
+#               FID (n = EVAL_N, sampling seeds NTG_SAMPLE_SEEDS, "0"), sharded over the GPUs.
+#               STEPS must be reachable (not a time-limited slice).
 #   CARRY_DIR   the carried folder of this call (.carry/gpu): its site.tar.xz (or wheels), the fp16
 #               Inception and the data are added to DEV_DIR and stay there for the later calls
 #   DEV_DIR     where runs, results and logs live (/tmp/antdiff_device_session)
@@ -53,6 +60,11 @@ DETACH=${DETACH:-}
 TRAIN_SECONDS=${TRAIN_SECONDS:-1380}
 AFFINITY_RUNS=${AFFINITY_RUNS:-"vanilla-eps-s0 vanilla-hybrid-s0"}
 ROLE=${DS_ROLE:-call} # "work": the detached worker this script starts (DETACH=1)
+NTG_JOINTS=${NTG_JOINTS:-}
+NTG_DEVICES=${NTG_DEVICES:-"0 1 2 3"}
+NTG_PER_DEVICE=${NTG_PER_DEVICE:-1}
+NTG_SEEDS=${NTG_SEEDS:-"0,1"}
+NTG_SAMPLE_SEEDS=${NTG_SAMPLE_SEEDS:-0}
 RUN_GROUPS=${RUN_GROUPS:-"vanilla-eps-s0,timestep-uw-eps-s0 vanilla-hybrid-s0,timestep-uw-hybrid-s0 minsnr-eps-s0,p2-eps-s0 vanilla-eps-s1,timestep-uw-eps-s1"}
 read -r -a GROUP <<<"$RUN_GROUPS"
 C=${CARRY_DIR:-.carry/gpu}
@@ -145,6 +157,14 @@ repro() { # DEVICE RUNS
         --eval-every "$EVAL_EVERY" --eval-n "$EVAL_N" --root "$D/repro" --results "$D/results" \
         --time-limit "$(left)" "${EXTRA[@]}" >>"$D/logs/repro_${1//:/}.log" 2>&1
 }
+ntg() { # the O2 command of this script's settings; extra arguments follow
+    "$PY" -m antdiff.cli ntg --intervals uniform:5 --inception "$INCEPTION" "$@"
+}
+specialists_finished() { # exit 0 when every specialist (5 intervals x NTG_SEEDS) reached STEPS
+    "$PY" -c "import glob, sys; from antdiff.analysis.ntg_pipeline import run_finished; \
+runs = glob.glob('$D/ntg/specialists/*/'); want = 5 * len('$NTG_SEEDS'.split(',')); \
+sys.exit(0 if len(runs) == want and all(run_finished(r, $STEPS) for r in runs) else 1)"
+}
 finished() { # RUN: exit 0 when the run reached STEPS and owes no evaluation
     "$PY" -c "import sys; from antdiff.analysis.ntg_pipeline import run_finished as f; \
 sys.exit(0 if f('$D/repro/$1', $STEPS) else 1)"
@@ -172,7 +192,40 @@ work() {
         repro "$(device $((i + first)))" "${GROUP[$i]}" &
         pids+=($!)
     done
+    local joint0=${NTG_JOINTS%% *} devs=() k
+    if [ -n "$NTG_JOINTS" ]; then # O2 specialists beside the joint runs (their config: the first's)
+        for k in $NTG_DEVICES; do devs+=("$(device "$k")"); done
+        local cfg=$D/repro/configs/$joint0.yaml
+        while [ ! -f "$cfg" ] && [ "$(left)" -gt 20 ]; do sleep 1; done
+        say "O2: specialists of $joint0 (seeds $NTG_SEEDS) on ${devs[*]}"
+        ntg --joint "$cfg" --train-specialists --train-only --specialist-seeds "$NTG_SEEDS" \
+            --devices "$(echo "${devs[*]}" | tr ' ' ,)" --per-device "$NTG_PER_DEVICE" \
+            --time-limit "$(left)" --out "$D/ntg" >>"$D/logs/ntg_train.log" 2>&1 &
+        pids+=($!)
+    fi
     [ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
+    if [ -n "$NTG_JOINTS" ] && specialists_finished; then
+        local j ok=1
+        for j in $NTG_JOINTS; do finished "$j" || ok=0; done
+        if [ $ok = 1 ]; then # every FID of every joint, sharded over the GPUs, then the tables
+            local prec=(--precision bf16) specs=("$D"/ntg/specialists/*/)
+            # the smoke runs sample with 2 steps, which would skip intervals
+            [ -n "$SMOKE" ] && prec=(--precision fp32 --steps 10)
+            pids=()
+            for j in $NTG_JOINTS; do
+                [ -f "$D/results/ntg-$j/ntg.json" ] && continue
+                say "O2: NTG of $j (n = $EVAL_N, sampling seeds $NTG_SAMPLE_SEEDS)"
+                for k in "${!devs[@]}"; do
+                    ntg --joint "$D/repro/$j" --specialists "${specs[@]}" --ref "$REF" \
+                        --n "$EVAL_N" --seeds "$NTG_SAMPLE_SEEDS" "${prec[@]}" \
+                        --device "${devs[$k]}" --shard "$k/${#devs[@]}" \
+                        --out "$D/results/ntg-$j" >>"$D/logs/ntg_$j.log" 2>&1 &
+                    pids+=($!)
+                done
+            done
+            [ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
+        fi
+    fi
     local all=1 r i=0
     for r in $(echo "$RUN_GROUPS" | tr ' ,' '\n\n'); do finished "$r" || all=0; done
     # O1 once every run is finished, or (DETACH) at the deadline on the latest checkpoints
@@ -191,6 +244,7 @@ work() {
         done
         [ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
     fi
+    for r in $NTG_JOINTS; do [ -f "$D/results/ntg-$r/ntg.json" ] || all=0; done
     [ $all = 1 ] && touch "$D/results/slice.finished"
     return 0
 }

@@ -116,3 +116,42 @@ def test_detached_work_outlives_the_call_and_stops_at_the_deadline(tmp_path: Pat
     # stopped by the deadline, with a checkpoint, after at least one evaluation
     assert 3 <= result["iterations"] < 100000 and result["curve"][0]["step"] == 3
     assert "time limit reached" in (dev / "logs" / "repro_cpu.log").read_text()
+
+
+def test_o2_trains_the_specialists_beside_the_joint_and_measures_the_ntg(tmp_path: Path) -> None:
+    """NTG_JOINTS: the five equal-interval specialists train beside the joint run (from its
+    config, same STEPS), and once all are done `antdiff ntg` measures the joint's and every
+    hybrid's FID and writes the NTG table into the bundle."""
+    env = {
+        **os.environ,
+        "SMOKE": "1",
+        "DEV_DIR": str(tmp_path / "dev"),
+        "OUT": str(tmp_path / "out"),
+        "RUN_GROUPS": "vanilla-eps-s0",
+        "STEPS": "2",
+        "EVAL_EVERY": "2",
+        "EVAL_N": "12",
+        "BUDGET": "500",
+        "AFFINITY_RUNS": "",
+        "NTG_JOINTS": "vanilla-eps-s0",
+        "NTG_DEVICES": "0",
+        "NTG_PER_DEVICE": "2",
+        "NTG_SEEDS": "0",
+        "OMP_NUM_THREADS": "1",
+        "PYTHON": sys.executable,
+    }
+    proc = subprocess.run(
+        ["bash", str(SCRIPT)], cwd=SCRIPT.parents[1], env=env, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+    dev = tmp_path / "dev"
+    logs = "".join(f.read_text() for f in (dev / "logs").glob("ntg*.log"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + logs[-3000:]
+    assert "slice finished" in proc.stdout, proc.stdout[-3000:] + logs[-3000:]
+    specialists = sorted(p.name for p in (dev / "ntg" / "specialists").iterdir() if p.is_dir())
+    assert len(specialists) == 5 and all(s.endswith("_seed0") for s in specialists)
+    (bundle,) = (tmp_path / "out").glob("session_*.tar.gz")
+    with tarfile.open(bundle) as tar:
+        ntg = json.load(tar.extractfile("results/ntg-vanilla-eps-s0/ntg.json"))  # type: ignore[arg-type]
+    text = json.dumps(ntg)
+    assert "199" in text and "800" in text  # the five intervals [0,199] ... [800,999]
