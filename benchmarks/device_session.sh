@@ -9,8 +9,8 @@
 # the training summary, logs and metrics into $OUT/<stamp>.tar.gz. Run folders live in DEV_DIR
 # (/tmp/antdiff_device_session) and survive between calls while the machine stays warm; every
 # call bundles inside BUDGET, so a lost machine loses only the work since the last reply. Once
-# every run is finished it computes the O1 affinity of AFFINITY_RUNS (EMA weights, 10 bins,
-# 1,000 images).
+# every run is finished it computes the O1 affinity of AFFINITY_RUNS (EMA weights, AFFINITY_BINS
+# bins, 1,000 images, exact mode).
 #
 # DETACH=1 keeps the trainers running *between* calls: the first call starts the work in a new
 # process session (which outlives the call) with a fixed deadline, TRAIN_SECONDS after the first
@@ -31,6 +31,7 @@
 #   DETACH      1: trainers outlive the call (above); TRAIN_SECONDS (1380) from the first call's
 #               start to the deadline
 #   AFFINITY_RUNS  runs whose O1 affinity is computed at the end ("vanilla-eps-s0 vanilla-hybrid-s0")
+#   AFFINITY_BINS  uniform timestep bins of the O1 matrix (100: the protocol's 10-step bins)
 #   NTG_JOINTS  O2: runs of RUN_GROUPS whose negative transfer gap is measured (none). Beside them
 #               the 5 equal-interval specialists are trained from the first joint's config (same
 #               model, loss, data and STEPS; no balancer, so they serve every joint), on
@@ -60,6 +61,7 @@ DETACH=${DETACH:-}
 TRAIN_SECONDS=${TRAIN_SECONDS:-1380}
 AFFINITY_RUNS=${AFFINITY_RUNS:-"vanilla-eps-s0 vanilla-hybrid-s0"}
 ROLE=${DS_ROLE:-call} # "work": the detached worker this script starts (DETACH=1)
+AFFINITY_BINS=${AFFINITY_BINS:-100}
 NTG_JOINTS=${NTG_JOINTS:-}
 NTG_DEVICES=${NTG_DEVICES:-"0 1 2 3"}
 NTG_PER_DEVICE=${NTG_PER_DEVICE:-1}
@@ -233,9 +235,9 @@ work() {
         pids=()
         for r in $AFFINITY_RUNS; do
             if [ -d "$D/repro/$r" ] && [ ! -f "$D/results/affinity-$r/affinity.npy" ]; then
-                say "O1: affinity of $r (EMA weights, 10 bins, 1,000 images)"
+                say "O1: affinity of $r (EMA weights, $AFFINITY_BINS bins, 1,000 images)"
                 "$PY" -m antdiff.cli affinity "$D/repro/$r" --out "$D/results/affinity-$r" \
-                    --ema --bins 10 --images "$([ -n "$SMOKE" ] && echo 20 || echo 1000)" \
+                    --ema --bins "$AFFINITY_BINS" --images "$([ -n "$SMOKE" ] && echo 20 || echo 1000)" \
                     --mode exact --device "$(device $((i % ${#GROUP[@]})))" \
                     >"$D/logs/affinity_$r.log" 2>&1 &
                 pids+=($!)

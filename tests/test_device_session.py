@@ -27,6 +27,7 @@ def test_device_session_dry_run_trains_evaluates_and_bundles(tmp_path: Path) -> 
         "EVAL_N": "12",
         "BUDGET": "300",
         "SETS": "train.log_every=1",
+        "AFFINITY_BINS": "10",
         "OMP_NUM_THREADS": "1",
         "PYTHON": sys.executable,
     }
@@ -76,6 +77,7 @@ def test_detached_work_outlives_the_call_and_stops_at_the_deadline(tmp_path: Pat
         "DETACH": "1",
         "TRAIN_SECONDS": "75",  # the deadline, from the first call's start
         "AFFINITY_RUNS": "vanilla-eps-s0",
+        "AFFINITY_BINS": "10",
         "DEV_DIR": str(tmp_path / "dev"),
         "OUT": str(tmp_path / "out"),
         "RUN_GROUPS": "vanilla-eps-s0",
