@@ -171,19 +171,14 @@ def source_digest(root: Path = ROOT) -> str:
     return h.hexdigest()
 
 
-def peak_memory(run: Path) -> dict[str, float | None]:
-    """Largest peak CUDA memory (GiB) of the run's training windows and of its evaluations, from
-    ``metrics.jsonl`` (None where the trainer did not log it: CPU, or an older trainer)."""
-    train: list[float] = []
-    evals: list[float] = []
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line) if line.strip() else {}
-        if row.get("peak_mem_gib") is not None:
-            train.append(row["peak_mem_gib"])
-        if row.get("eval_peak_mem_gib") is not None:
-            evals.append(row["eval_peak_mem_gib"])
+def peak_memory(log: Any) -> dict[str, float | None]:
+    """Largest peak CUDA memory (GiB) of a run's training windows and of its evaluations, from
+    its :class:`~antdiff.analysis.logs.TrainingLog` (None where the trainer did not log it: CPU,
+    or an older trainer)."""
+    train = log.peak_mem_gib[np.isfinite(log.peak_mem_gib)]
+    evals = [e["peak_mem_gib"] for _, e in log.evals if e.get("peak_mem_gib") is not None]
     return {
-        "train_peak_mem_gib": max(train) if train else None,
+        "train_peak_mem_gib": float(train.max()) if train.size else None,
         "eval_peak_mem_gib": max(evals) if evals else None,
     }
 
@@ -228,7 +223,7 @@ def collect(a: argparse.Namespace) -> list[Path]:
                 for step, e in log.evals
             ],
             "it_per_s_median": float(np.median(speeds)) if speeds.size else None,
-            **peak_memory(run),
+            **peak_memory(log),
         }
         path = results / f"{a.slice}-{name}.json"
         path.write_text(json.dumps(res, indent=1, default=str))
@@ -265,7 +260,7 @@ def summarize(a: argparse.Namespace) -> list[Path]:
                 "weights_last": log.weights[-1].tolist(),
                 "uw_weights_last": bal.get("uw_weights"),
                 "evals": [[s, e] for s, e in log.evals],
-                **peak_memory(run),
+                **peak_memory(log),
             }
         )
     out = Path(a.results)

@@ -15,12 +15,21 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "device_session.sh"
 
 
-def test_device_session_dry_run_trains_evaluates_and_bundles(tmp_path: Path) -> None:
-    env = {
+def _smoke_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a CPU dry run whose folders live under ``tmp_path``."""
+    return {
         **os.environ,
         "SMOKE": "1",
         "DEV_DIR": str(tmp_path / "dev"),
         "OUT": str(tmp_path / "out"),
+        "OMP_NUM_THREADS": "1",
+        "PYTHON": sys.executable,
+    }
+
+
+def test_device_session_dry_run_trains_evaluates_and_bundles(tmp_path: Path) -> None:
+    env = {
+        **_smoke_env(tmp_path),
         "RUN_GROUPS": "vanilla-eps-s0",
         "STEPS": "2",
         "EVAL_EVERY": "2",
@@ -28,8 +37,6 @@ def test_device_session_dry_run_trains_evaluates_and_bundles(tmp_path: Path) -> 
         "BUDGET": "300",
         "SETS": "train.log_every=1",
         "AFFINITY_BINS": "10",
-        "OMP_NUM_THREADS": "1",
-        "PYTHON": sys.executable,
     }
     proc = subprocess.run(
         ["bash", str(SCRIPT)],
@@ -72,22 +79,17 @@ def test_detached_work_outlives_the_call_and_stops_at_the_deadline(tmp_path: Pat
     (starting nothing new) and bundles once it is done. The O1 affinity is computed at the end
     although the time-limited run never reached its STEPS."""
     env = {
-        **os.environ,
-        "SMOKE": "1",
+        **_smoke_env(tmp_path),
         "DETACH": "1",
         "TRAIN_SECONDS": "75",  # the deadline, from the first call's start
         "AFFINITY_RUNS": "vanilla-eps-s0",
         "AFFINITY_BINS": "10",
-        "DEV_DIR": str(tmp_path / "dev"),
-        "OUT": str(tmp_path / "out"),
         "RUN_GROUPS": "vanilla-eps-s0",
         "STEPS": "100000",  # never reached: the deadline stops the run
         "EVAL_EVERY": "3",
         "EVAL_N": "12",
         "BUDGET": "50",  # the first call bundles 5 s after the work began
         "SETS": "train.log_every=1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHON": sys.executable,
     }
     dev = tmp_path / "dev"
 
@@ -125,10 +127,7 @@ def test_o2_trains_the_specialists_beside_the_joint_and_measures_the_ntg(tmp_pat
     config, same STEPS), and once all are done `antdiff ntg` measures the joint's and every
     hybrid's FID and writes the NTG table into the bundle."""
     env = {
-        **os.environ,
-        "SMOKE": "1",
-        "DEV_DIR": str(tmp_path / "dev"),
-        "OUT": str(tmp_path / "out"),
+        **_smoke_env(tmp_path),
         "RUN_GROUPS": "vanilla-eps-s0",
         "STEPS": "2",
         "EVAL_EVERY": "2",
@@ -139,8 +138,6 @@ def test_o2_trains_the_specialists_beside_the_joint_and_measures_the_ntg(tmp_pat
         "NTG_DEVICES": "0",
         "NTG_PER_DEVICE": "2",
         "NTG_SEEDS": "0",
-        "OMP_NUM_THREADS": "1",
-        "PYTHON": sys.executable,
     }
     proc = subprocess.run(
         ["bash", str(SCRIPT)], cwd=SCRIPT.parents[1], env=env, capture_output=True, text=True,

@@ -121,7 +121,9 @@ def test_peak_memory_reads_the_largest_window_and_evaluation(tmp_path):
         {"step": 300, "loss": 0.8, "peak_mem_gib": 9.6},
     ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    assert repro_cifar.peak_memory(tmp_path) == {
+    from antdiff.analysis.logs import read_training_log
+
+    assert repro_cifar.peak_memory(read_training_log(tmp_path)) == {
         "train_peak_mem_gib": 9.75,
         "eval_peak_mem_gib": 3.25,
     }

@@ -56,6 +56,7 @@ class TrainingLog:
     lr: np.ndarray
     grad_norm: np.ndarray
     it_per_s: np.ndarray
+    peak_mem_gib: np.ndarray  # CUDA peak per log window (NaN where not logged: CPU, older runs)
     balancer: list[dict[str, Any]]
     evals: list[tuple[int, dict[str, Any]]]
     skipped_lines: int = 0
@@ -246,6 +247,8 @@ def read_training_log(run_or_file: str | Path) -> TrainingLog:
             e = dict(rec["eval"])
             if isinstance(rec.get("eval_seconds"), dict):  # what the evaluation cost
                 e["seconds"] = rec["eval_seconds"]
+            if rec.get("eval_peak_mem_gib") is not None:  # CUDA only
+                e["peak_mem_gib"] = rec["eval_peak_mem_gib"]
             evals.append((int(rec["step"]), e))
         else:
             train.append(rec)
@@ -288,6 +291,7 @@ def read_training_log(run_or_file: str | Path) -> TrainingLog:
         lr=col("lr"),
         grad_norm=col("grad_norm"),
         it_per_s=col("it_per_s"),
+        peak_mem_gib=col("peak_mem_gib"),
         balancer=[r.get("balancer") if isinstance(r.get("balancer"), dict) else {} for r in train],
         evals=evals,
         skipped_lines=skipped,
