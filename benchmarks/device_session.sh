@@ -30,7 +30,8 @@
 #   SMOKE       1: a CPU dry run of this script's logic (digits, tiny UNet, a stand-in FID net)
 #   DETACH      1: trainers outlive the call (above); TRAIN_SECONDS (1380) from the first call's
 #               start to the deadline
-#   AFFINITY_RUNS  runs whose O1 affinity is computed at the end ("vanilla-eps-s0 vanilla-hybrid-s0")
+#   AFFINITY_RUNS  runs whose O1 affinity is computed at the end ("vanilla-eps-s0 vanilla-hybrid-s0";
+#               set and empty: none)
 #   AFFINITY_BINS  uniform timestep bins of the O1 matrix (100: the protocol's 10-step bins)
 #   NTG_JOINTS  O2: runs of RUN_GROUPS whose negative transfer gap is measured (none). Beside them
 #               the 5 equal-interval specialists are trained from the first joint's config (same
@@ -59,7 +60,7 @@ SETS=${SETS:-}
 SMOKE=${SMOKE:-}
 DETACH=${DETACH:-}
 TRAIN_SECONDS=${TRAIN_SECONDS:-1380}
-AFFINITY_RUNS=${AFFINITY_RUNS:-"vanilla-eps-s0 vanilla-hybrid-s0"}
+AFFINITY_RUNS=${AFFINITY_RUNS-"vanilla-eps-s0 vanilla-hybrid-s0"} # set and empty: no O1
 ROLE=${DS_ROLE:-call} # "work": the detached worker this script starts (DETACH=1)
 AFFINITY_BINS=${AFFINITY_BINS:-100}
 NTG_JOINTS=${NTG_JOINTS:-}

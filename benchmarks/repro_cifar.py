@@ -295,12 +295,53 @@ def _method_of(run: str) -> str:
     return head if sep and tail.isdigit() else run
 
 
+def convergence(curves: dict[str, dict[int, float]]) -> dict[str, dict[str, Any]]:
+    """Every cell against the vanilla cell of its loss (``vanilla-<loss>``, the name's last part),
+    on FIDs averaged over seeds, at evaluated steps only:
+
+    * ``target``: vanilla's FID at its last evaluated step S_v, and that step;
+    * ``steps_to_target``: the cell's first evaluated step with FID ≤ that target (an upper bound on
+      the iterations it needs; None if no evaluated step reaches it) and ``speedup`` = S_v / it,
+      the paper's "converges ×-faster" at this budget;
+    * ``crossings``: consecutive common steps (a, b) between which the sign of
+      FID(cell) − FID(vanilla) changes, with the order before and after ("ahead" = lower FID).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for cell, curve in sorted(curves.items()):
+        loss = cell.rsplit("-", 1)[-1]
+        ref = curves.get(f"vanilla-{loss}")
+        if ref is None or cell == f"vanilla-{loss}" or not curve or not ref:
+            continue
+        last = max(ref)
+        target = ref[last]
+        reached = [st for st in sorted(curve) if curve[st] <= target]
+        first = reached[0] if reached else None
+        common = sorted(set(curve) & set(ref))
+        crossings = []
+        for a_, b_ in zip(common, common[1:]):
+            before, after = curve[a_] - ref[a_], curve[b_] - ref[b_]
+            if before * after < 0:
+                order = ("ahead", "behind") if before < 0 else ("behind", "ahead")
+                crossings.append({"between": [a_, b_], "from": order[0], "to": order[1]})
+        out[cell] = {
+            "vanilla": f"vanilla-{loss}",
+            "target": {"step": last, "fid": target},
+            "steps_to_target": first,
+            "speedup": None if first is None else last / first,
+            "crossings": crossings,
+            "last_step": max(curve),
+        }
+    return out
+
+
 def tabulate(a: argparse.Namespace) -> list[Path]:
     """Table-1-shaped results from result JSONs (``collect``'s files) in ``--from`` folders:
     for each evaluated step, every cell's FID, precision and recall as the mean over its seeds ±
-    half their range, with each seed's value, the best mean of each column in bold; plus the
-    FID-vs-iteration figure (mean over seeds, bars spanning the seeds' range). Writes ``table.md``,
-    ``table.json`` and ``fid_curves.png`` to ``--results``."""
+    half their range, with each seed's value, the best mean of each column in bold; each cell's
+    convergence against the vanilla run of its loss (:func:`convergence`); and the
+    FID-vs-iteration figure (mean over seeds, bars spanning the seeds' range; one colour per
+    method, dashed for the hybrid loss). Writes ``table.md``, ``table.json`` and
+    ``fid_curves.png`` to ``--results``."""
     rows: dict[str, dict[int, dict[str, list[float]]]] = {}
     seeds: dict[str, list[int]] = {}
     meta: dict[int, dict[str, Any]] = {}
@@ -370,22 +411,53 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
         "in bold. Cells: "
         + ", ".join(f"{c} (seeds {sorted(set(s))})" for c, s in sorted(seeds.items()))
     )
+    mean_fid = {
+        c: {st: float(np.mean(v["fid"])) for st, v in by_step.items() if v.get("fid")}
+        for c, by_step in rows.items()
+    }
+    conv = convergence(mean_fid)
+    if conv:
+        lines += [
+            "",
+            "### Convergence against vanilla (mean FID over seeds, evaluated steps only)",
+            "",
+            "| cell | vanilla's last FID (step) | first step at or below it | speed-up | "
+            "crossings of vanilla's curve |",
+            "|---|---|---|---|---|",
+        ]
+        for c, v in conv.items():
+            first = v["steps_to_target"]
+            reached = f"{first}" if first is not None else f"not by {v['last_step']} (its last)"
+            speed = f"{v['speedup']:.2f}×" if v["speedup"] is not None else "—"
+            cross = "; ".join(
+                f"{x['from']} at {x['between'][0]} → {x['to']} at {x['between'][1]}"
+                for x in v["crossings"]
+            )
+            lines.append(
+                f"| {c} | {v['target']['fid']:.1f} ({v['target']['step']}) | {reached} | "
+                f"{speed} | {cross or 'none'} |"
+            )
     (out / "table.md").write_text("\n".join(lines) + "\n")
-    (out / "table.json").write_text(json.dumps({"steps": meta, "cells": table}, indent=1) + "\n")
+    (out / "table.json").write_text(
+        json.dumps({"steps": meta, "cells": table, "convergence": conv}, indent=1) + "\n"
+    )
 
     from antdiff.plots import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for i, (c, by_step) in enumerate(sorted(rows.items())):
+    methods = sorted({c.rsplit("-", 1)[0] for c in rows})
+    for c, by_step in sorted(rows.items()):
         st = sorted(by_step)
         fid = [by_step[x]["fid"] for x in st]
-        color = plt.get_cmap("tab10")(i % 10)
+        method, _, loss = c.rpartition("-")
+        color = plt.get_cmap("tab10")(methods.index(method or c) % 10)
         mean = np.array([np.mean(v) for v in fid])
         spread = [mean - [min(v) for v in fid], [max(v) for v in fid] - mean]
         ax.errorbar(
-            st, mean, yerr=spread, marker="o", ms=3, lw=1.2, capsize=3, color=color, label=c
-        )
+            st, mean, yerr=spread, marker="o", ms=3, lw=1.2, capsize=3, color=color, label=c,
+            ls="--" if loss == "hybrid" else "-",
+        )  # fmt: skip
     ax.set_xlabel("iteration")
     ax.set_ylabel("FID (EMA, DDIM-100)")
     ax.legend(fontsize=7)

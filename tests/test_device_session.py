@@ -154,3 +154,8 @@ def test_o2_trains_the_specialists_beside_the_joint_and_measures_the_ntg(tmp_pat
         ntg = json.load(tar.extractfile("results/ntg-vanilla-eps-s0/ntg.json"))  # type: ignore[arg-type]
     text = json.dumps(ntg)
     assert "199" in text and "800" in text  # the five intervals [0,199] ... [800,999]
+    # AFFINITY_RUNS set and empty: no O1 matrix (the run is in the default list)
+    assert (
+        "O1: affinity" not in proc.stdout
+        and not (dev / "results" / "affinity-vanilla-eps-s0").exists()
+    )

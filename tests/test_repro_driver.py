@@ -175,6 +175,9 @@ def test_table_averages_seeds_bolds_the_best_and_draws_the_curves(tmp_path):
     assert "| vanilla-hybrid | 2 | **105.0 ± 5.0** (100.0, 110.0) |" in second
     data = json.loads((out / "table.json").read_text())
     assert data["cells"]["5000"]["vanilla-hybrid"]["fid"] == [100.0, 110.0]
+    # ANT-UW's 104 at 2500 is already below vanilla's last mean (105 at 5000): 2x faster
+    assert "| timestep-uw-hybrid | 105.0 (5000) | 2500 | 2.00× | none |" in md
+    assert data["convergence"]["timestep-uw-hybrid"]["steps_to_target"] == 2500
     assert (out / "fid_curves.png").stat().st_size > 1000
 
     empty = tmp_path / "empty"
@@ -184,3 +187,31 @@ def test_table_averages_seeds_bolds_the_best_and_draws_the_curves(tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert bad.returncode != 0 and "run `collect` first" in bad.stderr
+
+
+def test_convergence_finds_where_curves_cross_and_the_steps_to_vanillas_fid():
+    convergence = _driver_module().convergence
+    curves = {
+        "vanilla-eps": {2500: 198.0, 5000: 43.5, 7500: 30.0},
+        "timestep-uw-eps": {2500: 98.0, 5000: 51.2, 7500: 29.0},  # ahead, behind, ahead again
+        "minsnr-eps": {2500: 165.8, 5000: 34.0},  # ahead throughout, stopped before 7500
+        "p2-eps": {2500: 184.3, 5000: 52.1},  # never reaches vanilla's 30.0
+        "vanilla-hybrid": {2500: 198.3},
+        "timestep-uw-hybrid": {2500: 104.4},
+        "minsnr-hybrid": {2500: 168.3},  # compared with vanilla-hybrid, never with vanilla-eps
+    }
+    conv = convergence(curves)
+    assert set(conv) == {"timestep-uw-eps", "minsnr-eps", "p2-eps", "timestep-uw-hybrid",
+                         "minsnr-hybrid"}  # fmt: skip
+    uw = conv["timestep-uw-eps"]
+    assert uw["target"] == {"step": 7500, "fid": 30.0}
+    assert uw["steps_to_target"] == 7500 and uw["speedup"] == 1.0
+    assert uw["crossings"] == [
+        {"between": [2500, 5000], "from": "ahead", "to": "behind"},
+        {"between": [5000, 7500], "from": "behind", "to": "ahead"},
+    ]
+    assert conv["minsnr-eps"]["crossings"] == [] and conv["minsnr-eps"]["steps_to_target"] is None
+    assert conv["p2-eps"]["steps_to_target"] is None and conv["p2-eps"]["speedup"] is None
+    assert conv["minsnr-hybrid"]["vanilla"] == "vanilla-hybrid"
+    assert conv["minsnr-hybrid"]["steps_to_target"] == 2500  # 168.3 <= 198.3 at the same step
+    assert conv["minsnr-hybrid"]["speedup"] == 1.0
