@@ -281,3 +281,82 @@ def test_run_trainers_caps_each_trainers_cpu_threads(tmp_path, monkeypatch):
     for env in envs.values():  # 2 devices x 4 per device = 8 concurrent trainers
         assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "8"
         assert env["MKL_NUM_THREADS"] == "3"
+
+
+def test_shared_trajectories_give_the_same_measurements_with_fewer_joint_steps(tmp_path):
+    """Hybrids branch off the joint trajectory: every FID input (the images) is identical to one
+    sampling run per model — DDPM, so the step noise must match too, over several batches, two
+    sampling seeds and two specialist seeds — while the joint model runs far fewer steps."""
+    import hashlib
+
+    from antdiff.objective import DiffusionObjective
+
+    objective = DiffusionObjective(NoiseSchedule.from_name("linear", T))
+    models = {
+        "joint": Constant(0.2),
+        "a0": Constant(0.9),
+        "a1": Constant(0.7),
+        "b0": Constant(-0.5),
+        "c0": Constant(0.4),
+    }
+
+    def load_fn(run: Path, use_ema: bool, device: str) -> Bundle:
+        return Bundle(models[Path(run).name], objective)
+
+    def fid_fn(images: np.ndarray) -> dict:  # a fingerprint of the exact images
+        digest = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
+        return {"fid": float(int(digest[:12], 16)), "n_gen": len(images)}
+
+    specialists = {
+        (0, 199): [(0, tmp_path / "a0"), (1, tmp_path / "a1")],
+        (200, 599): [(0, tmp_path / "b0")],
+        (600, 999): [(0, tmp_path / "c0")],
+    }
+    setup = NTGSetup(tmp_path / "joint", specialists, tmp_path / "ref.npz", n=5,
+                     sampling_seeds=[0, 1], sampler="ddpm", steps=10, batch_size=2, device="cpu")  # fmt: skip
+
+    def measured(out: Path) -> dict[str, float]:
+        return {
+            json.loads(x)["key"]: json.loads(x)["measurement"]["fid"]
+            for f in sorted(out.glob("measurements*.jsonl"))
+            for x in f.read_text().splitlines()
+        }
+
+    models["joint"].calls = 0
+    one_each = measure_ntg(setup, tmp_path / "one", load_fn=load_fn, fid_fn=fid_fn,
+                           share_trajectory=False)  # fmt: skip
+    calls_one_each = models["joint"].calls
+    models["joint"].calls = 0
+    shared = measure_ntg(setup, tmp_path / "shared", load_fn=load_fn, fid_fn=fid_fn)
+    calls_shared = models["joint"].calls
+    assert one_each is not None and shared is not None
+    want = measured(tmp_path / "one")
+    assert len(want) == 2 * (1 + 4) and len(set(want.values())) == len(want)  # all different
+    assert measured(tmp_path / "shared") == want
+    assert np.array_equal(shared.ntg(), one_each.ntg())
+    # DDPM, 10 steps: t = 999, 888, ..., 111, 0; per batch (3) and sampling seed (2) the joint
+    # model runs its own 10 steps and, in each hybrid, the steps outside the interval: above it
+    # 8, 8, 4, 0 and below it 0, 0, 2, 6 — shared, only those below remain
+    assert calls_one_each == 2 * 3 * (10 + (8 + 0) + (8 + 0) + (4 + 2) + (0 + 6))
+    assert calls_shared == 2 * 3 * (10 + 0 + 0 + 2 + 6)
+    # sharded over two processes, the same table
+    for i in (0, 1):
+        got = measure_ntg(setup, tmp_path / "sharded", shard=(i, 2), load_fn=load_fn, fid_fn=fid_fn)
+    assert got is not None and measured(tmp_path / "sharded") == want
+
+
+def test_assign_shards_balances_contiguous_parts_of_the_job_list():
+    from antdiff.analysis.ntg_pipeline import assign_shards
+
+    ivs = [(0, 199), (200, 399), (400, 599), (600, 799), (800, 999)]
+    setup = NTGSetup(Path("j"), {iv: [(0, Path(f"s{i}"))] for i, iv in enumerate(ivs)},
+                     Path("r.npz"), sampling_seeds=[0])  # fmt: skip
+    jobs = setup.jobs()  # joint, then the hybrids from the cleanest interval to the noisiest
+    # cost in trajectories: joint 1 (+ hybrids' own 0.2, 0.4, 0.6, 0.8, 1.0) = 4 in one shard
+    assert assign_shards(jobs, 1) == [0] * 6
+    # two shards: {joint, clean, 2nd, 3rd} = 1 + 1.2 = 2.2 and {4th, noisiest} = 0.2 + 1.8 = 2.0
+    assert assign_shards(jobs, 2) == [0, 0, 0, 0, 1, 1]
+    assert assign_shards(jobs, 10) == [0, 1, 2, 3, 4, 5]  # more shards than jobs: one each
+    assert assign_shards([], 3) == []
+    with pytest.raises(ValueError, match="n_shard"):
+        assign_shards(jobs, 0)

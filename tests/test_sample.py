@@ -215,3 +215,82 @@ def test_sample_cli_errors_are_one_line(
         == 2
     )
     assert "--class-label must be in 0" in capsys.readouterr().err
+
+
+class _Affine(torch.nn.Module):
+    """A denoiser whose output depends on x and t (so a trajectory depends on every step)."""
+
+    def __init__(self, a: float, b: float, channels: int) -> None:
+        super().__init__()
+        self.a, self.b, self.channels = a, b, channels
+
+    def forward(self, x, t, y=None):
+        out = self.a * x + self.b * torch.sin(t.float() / 7.0)[:, None, None, None]
+        if y is not None:
+            out = out + 0.05 * y.float()[:, None, None, None]
+        return out[:, :1].expand(-1, self.channels, -1, -1).contiguous() + 0 * out.sum()
+
+
+@pytest.mark.parametrize(
+    ("sampler", "learned", "include_base"),
+    [("ddpm", False, True), ("ddpm", True, False), ("ddim", False, True), ("ddim", False, False)],
+)
+def test_branching_sampler_equals_one_run_per_model(
+    sampler: str, learned: bool, include_base: bool
+) -> None:
+    """The NTG hybrids share the joint trajectory above their interval: exactly the images of
+    sampling each hybrid on its own (same noise, DDPM step noise too), in several batches."""
+    from antdiff.analysis import TimestepSwitchingDenoiser
+    from antdiff.training.sampling import sample_images_branching
+
+    obj = DiffusionObjective(SCHED, learned_variance=learned)
+    ch = obj.model_channels(3)
+    joint = _Affine(0.3, 0.5, ch)
+    intervals = [(0, 19), (20, 59), (60, 99)]  # clean, middle, noisiest (T = 100)
+    hybrids = [
+        TimestepSwitchingDenoiser(joint, {iv: _Affine(-0.2 * (i + 1), 0.1, ch)}, num_timesteps=100)
+        for i, iv in enumerate(intervals)
+    ]
+    kw = {"image_shape": (3, 4, 4), "sampler": sampler, "steps": 10, "batch_size": 3, "seed": 5}
+    separate = [sample_images(h, obj, 7, **kw) for h in hybrids]  # 7 = 3 + 3 + 1: three batches
+    shared = sample_images_branching(
+        joint, [(iv[1], h) for iv, h in zip(intervals, hybrids)], obj, 7,
+        include_base=include_base, **kw,
+    )  # fmt: skip
+    if include_base:
+        base, *shared = shared
+        assert np.array_equal(base, sample_images(joint, obj, 7, **kw))
+    assert len(shared) == 3
+    for got, want in zip(shared, separate):
+        assert np.array_equal(got, want)
+    # the hybrids differ from each other and from the joint model: the test can fail
+    assert not np.array_equal(separate[0], separate[1])
+    assert not np.array_equal(separate[0], sample_images(joint, obj, 7, **kw))
+
+
+def test_branching_sampler_computes_the_shared_steps_once() -> None:
+    from antdiff.training.sampling import sample_images_branching
+
+    obj = DiffusionObjective(SCHED)
+    calls: list[tuple[str, int]] = []
+
+    def counted(name: str, a: float):
+        def fn(x, t, y):
+            calls.append((name, int(t[0])))
+            return a * x
+
+        return fn
+
+    base = counted("joint", 0.1)
+    kw = {"image_shape": (3, 2, 2), "sampler": "ddim", "steps": 10, "batch_size": 4}
+    # DDIM trailing with 10 steps visits 99, 89, ..., 9; branches leave at t <= 49 and t <= 9
+    sample_images_branching(
+        base, [(49, counted("a", 0.2)), (9, counted("b", 0.3))], obj, 4, include_base=False, **kw
+    )
+    assert [t for n, t in calls if n == "joint"] == [99, 89, 79, 69, 59, 49, 39, 29, 19]
+    assert [t for n, t in calls if n == "a"] == [49, 39, 29, 19, 9]
+    assert [t for n, t in calls if n == "b"] == [9]
+    calls.clear()
+    sample_images_branching(base, [(49, counted("a", 0.2))], obj, 4, include_base=True, **kw)
+    assert len([1 for n, _ in calls if n == "joint"]) == 10  # the base to the end: its images
+    assert len([1 for n, _ in calls if n == "a"]) == 5

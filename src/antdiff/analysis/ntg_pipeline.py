@@ -14,7 +14,10 @@
    whose t lies in I) are sampled with the same sampler, steps and initial noise, and their FID
    against a reference is computed with :mod:`antdiff.evaluation`. Each FID is appended to
    ``OUT/measurements*.jsonl`` as soon as it is known, so an interrupted study resumes where it
-   stopped; ``shard=(i, n)`` splits the measurements over n processes/GPUs.
+   stopped; ``shard=(i, n)`` splits the measurements over n processes/GPUs. A hybrid is the
+   joint model above its interval, so by default the hybrids of one sampling seed branch off
+   the joint trajectory instead of repeating it (exactly the same images, about half the
+   reverse steps for 5 equal intervals).
 4. **Table**: :func:`antdiff.analysis.ntg.compute_ntg` pairs each hybrid FID with the joint FID
    of the same sampling seed and reports the mean ± std per interval, n and the FID floor.
 
@@ -458,6 +461,55 @@ def _load_for_inference(run: Path, use_ema: bool, device: str) -> Any:
     return load_for_inference(run, use_ema=use_ema, device=device)
 
 
+def assign_shards(
+    jobs: Sequence[tuple[str, Interval | None, int | None, Path | None, int]], n_shard: int
+) -> list[int]:
+    """The shard of each job of :meth:`NTGSetup.jobs`: contiguous runs of the job list with the
+    largest sampling cost as small as possible, when hybrids share the joint trajectory.
+
+    Cost in trajectories: a job group of one sampling seed costs the longest joint prefix it
+    needs (1 with the joint model itself, 1 − (last+1)/T for a hybrid that branches off below
+    its interval's top, T taken as the largest interval end + 1) plus each hybrid's own
+    (last+1)/T. Every shard computes the same assignment from the job list alone.
+    """
+    if n_shard < 1:
+        raise ValueError(f"n_shard must be >= 1, got {n_shard}")
+    J = len(jobs)
+    if J == 0:
+        return []
+    T = max((iv[1] + 1 for _, iv, *_ in jobs if iv is not None), default=1)
+
+    def cost(lo: int, hi: int) -> float:  # jobs[lo:hi]
+        prefix: dict[int, float] = {}
+        own = 0.0
+        for _, iv, _, _, s in jobs[lo:hi]:
+            rest = 0.0 if iv is None else (iv[1] + 1) / T
+            prefix[s] = max(prefix.get(s, 0.0), 1.0 - rest)
+            own += rest
+        return own + sum(prefix.values())
+
+    parts = min(n_shard, J)
+    inf = float("inf")
+    # best[p][j]: the smallest largest cost of jobs[:j] in p contiguous non-empty parts
+    best = [[inf] * (J + 1) for _ in range(parts + 1)]
+    cut = [[0] * (J + 1) for _ in range(parts + 1)]
+    best[0][0] = 0.0
+    for p in range(1, parts + 1):
+        for j in range(p, J + 1):
+            for i in range(p - 1, j):
+                v = max(best[p - 1][i], cost(i, j))
+                if v < best[p][j] - 1e-12:
+                    best[p][j], cut[p][j] = v, i
+    shard = [0] * J
+    j = J
+    for p in range(parts, 0, -1):
+        i = cut[p][j]
+        for k in range(i, j):
+            shard[k] = p - 1
+        j = i
+    return shard
+
+
 def measure_ntg(
     setup: NTGSetup,
     out_dir: str | Path,
@@ -467,6 +519,7 @@ def measure_ntg(
     sample_fn: Callable[..., np.ndarray] | None = None,
     fid_fn: Callable[[np.ndarray], dict[str, Any]] | None = None,
     load_fn: Callable[[Path, bool, str], Any] | None = None,
+    share_trajectory: bool = True,
 ) -> NTGTable | None:
     """Measure every FID of ``setup`` not yet in ``out_dir``, then build the table.
 
@@ -475,6 +528,13 @@ def measure_ntg(
     ``fid_fn`` and ``load_fn`` default to :func:`antdiff.training.sampling.sample_images`, an
     :class:`antdiff.evaluation.Evaluator` on ``setup.ref`` and the trainer's
     ``load_for_inference``; they are parameters so that the orchestration can be tested.
+
+    ``share_trajectory`` (with the default sampler): the joint model and the hybrids of one
+    sampling seed are drawn together by
+    :func:`antdiff.training.sampling.sample_images_branching` — the same images as one run each,
+    with the joint model's steps above each interval computed once. It holds the shard's
+    specialists of that seed in memory at once (one at a time otherwise). Shards get contiguous
+    parts of the job list balanced for this cost (:func:`assign_shards`).
     """
     i_shard, n_shard = shard
     if not 0 <= i_shard < n_shard:
@@ -494,16 +554,16 @@ def measure_ntg(
     load = load_fn or _load_for_inference
     jobs = setup.jobs()
     done = _read_measurements(out)
-    mine = [j for k, j in enumerate(jobs) if k % n_shard == i_shard and j[0] not in done]
+    owner = assign_shards(jobs, n_shard)
+    mine = [j for k, j in enumerate(jobs) if owner[k] == i_shard and j[0] not in done]
     if mine:
         import torch
 
         joint = load(setup.joint, setup.use_ema, device)
         T = joint.objective.schedule.num_timesteps
         if sample_fn is None:
-            from ..training.sampling import make_sampling_scheduler, sample_images
+            from ..training.sampling import make_sampling_scheduler
 
-            sample_fn = sample_images
             visited = [
                 int(t)
                 for t in make_sampling_scheduler(
@@ -522,52 +582,57 @@ def measure_ntg(
         shape = (int(model.in_channels), int(model.sample_size), int(model.sample_size))
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[setup.autocast]
         log_path = out / f"measurements_{i_shard}of{n_shard}.jsonl"
+        shared = share_trajectory and sample_fn is None
+        if sample_fn is None:
+            from ..training.sampling import sample_images, sample_images_branching
+
+            sample_fn = sample_images
         cache: dict[Path, Any] = {}
-        for key, iv, r, run, s in mine:
-            t0 = time.perf_counter()
-            if iv is None:
-                fn: Any = joint.model
-            else:
-                assert run is not None
-                if run not in cache:
-                    cache.clear()  # keep one specialist in memory at a time
-                    spec = load(run, setup.use_ema, device)
-                    if spec.objective.schedule.num_timesteps != T:
-                        raise ValueError(
-                            f"specialist {run} has T={spec.objective.schedule.num_timesteps}, the joint model T={T}"
-                        )
-                    cache[run] = spec
-                fn = TimestepSwitchingDenoiser(joint.model, {iv: cache[run].model}, num_timesteps=T)
-                if visited is not None and fn.steps_in(visited) == [0]:
+
+        def hybrid(iv: Interval, run: Path, keep: bool) -> Any:
+            """The joint model with ``run``'s specialist on ``iv`` (``keep``: hold all loaded)."""
+            if run not in cache:
+                if not keep:
+                    cache.clear()  # one specialist in memory at a time
+                spec = load(run, setup.use_ema, device)
+                if spec.objective.schedule.num_timesteps != T:
                     raise ValueError(
-                        f"the {setup.sampler} sampler with {setup.steps} steps never visits interval "
-                        f"{list(iv)}; use more sampling steps"
+                        f"specialist {run} has T={spec.objective.schedule.num_timesteps}, the joint model T={T}"
                     )
-            labels = None
-            if getattr(model, "class_conditional", False):
-                # Balanced labels (i mod C), the same for the joint model and every hybrid.
-                labels = np.arange(setup.n) % int(model.num_classes)
-            guidance = (
-                float((joint.config.get("sample") or {}).get("guidance", 1.0))
-                if isinstance(joint.config, dict)
-                else 1.0
-            )
-            images = sample_fn(
-                fn,
-                joint.objective,
-                setup.n,
-                image_shape=shape,
-                sampler=setup.sampler,
-                steps=setup.steps,
-                batch_size=setup.batch_size,
-                seed=s,
-                class_labels=labels,
-                guidance=guidance if labels is not None else 1.0,
-                null_class_label=getattr(model, "null_class", None),
-                codec=joint.codec,
-                device=device,
-                autocast_dtype=dtype,
-            )
+                cache[run] = spec
+            fn = TimestepSwitchingDenoiser(joint.model, {iv: cache[run].model}, num_timesteps=T)
+            if visited is not None and fn.steps_in(visited) == [0]:
+                raise ValueError(
+                    f"the {setup.sampler} sampler with {setup.steps} steps never visits interval "
+                    f"{list(iv)}; use more sampling steps"
+                )
+            return fn
+
+        labels = None
+        if getattr(model, "class_conditional", False):
+            # Balanced labels (i mod C), the same for the joint model and every hybrid.
+            labels = np.arange(setup.n) % int(model.num_classes)
+        guidance = (
+            float((joint.config.get("sample") or {}).get("guidance", 1.0))
+            if isinstance(joint.config, dict)
+            else 1.0
+        )
+        sample_kw: dict[str, Any] = dict(
+            image_shape=shape,
+            sampler=setup.sampler,
+            steps=setup.steps,
+            batch_size=setup.batch_size,
+            class_labels=labels,
+            guidance=guidance if labels is not None else 1.0,
+            null_class_label=getattr(model, "null_class", None),
+            codec=joint.codec,
+            device=device,
+            autocast_dtype=dtype,
+        )
+
+        def record(job: tuple[Any, ...], images: np.ndarray, seconds: float, **extra: Any) -> None:
+            key, iv, r, run, s = job
+            t0 = time.perf_counter()
             res = fid_fn(images)
             m = FIDMeasurement(
                 fid=float(res["fid"]),
@@ -577,13 +642,42 @@ def measure_ntg(
                 n=int(res.get("n_gen", res.get("n", setup.n))),
                 floor=None if res.get("floor") is None else float(res["floor"]),
                 extra={
-                    "seconds": round(time.perf_counter() - t0, 2),
+                    "seconds": round(seconds + time.perf_counter() - t0, 2),
                     "run": None if run is None else str(run),
+                    **extra,
                 },
             )
             with log_path.open("a") as f:
                 f.write(json.dumps({"key": key, "measurement": m.to_dict()}) + "\n")
             say(f"{key}: FID {m.fid:.3f} ({m.extra['seconds']} s)")
+
+        if shared:
+            for s in dict.fromkeys(job[4] for job in mine):  # sampling seeds, in order
+                group = [job for job in mine if job[4] == s]
+                base = [job for job in group if job[1] is None]
+                hybrids = [job for job in group if job[1] is not None]
+                t0 = time.perf_counter()
+                branches = [(iv[1], hybrid(iv, run, keep=True)) for _, iv, _, run, _ in hybrids]
+                images = sample_images_branching(
+                    joint.model, branches, joint.objective, setup.n, include_base=bool(base),
+                    seed=s, **sample_kw,
+                )  # fmt: skip
+                seconds = time.perf_counter() - t0
+                say(
+                    f"sampling seed {s}: {len(images)} image sets, shared trajectory, {seconds:.1f} s"
+                )
+                for job, im in zip(base + hybrids, images):
+                    record(
+                        job, im, seconds / len(images), shared_sampling_seconds=round(seconds, 2)
+                    )
+                cache.clear()
+        else:
+            for job in mine:
+                _, iv, _, run, s = job
+                t0 = time.perf_counter()
+                fn: Any = joint.model if iv is None else hybrid(iv, run, keep=False)
+                images = sample_fn(fn, joint.objective, setup.n, seed=s, **sample_kw)
+                record(job, images, time.perf_counter() - t0)
         del cache
     done = _read_measurements(out)
     left = [j[0] for j in jobs if j[0] not in done]

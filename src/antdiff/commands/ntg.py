@@ -127,7 +127,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--shard",
         default="0/1",
         metavar="I/N",
-        help="measure only every N-th FID starting at I (run N processes on N GPUs)",
+        help="measure only part I of N of the FIDs (run N processes on N GPUs; the parts are "
+        "contiguous and balanced for the sampling cost)",
+    )
+    p.add_argument(
+        "--no-share-trajectory",
+        action="store_true",
+        help="sample every hybrid on its own instead of branching it off the joint model's "
+        "trajectory above its interval (the same images either way; sharing holds a sampling "
+        "seed's specialists in memory at once and runs about half the reverse steps)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.set_defaults(func=run)
@@ -210,7 +218,13 @@ def run(args: argparse.Namespace) -> int:
         autocast=None if args.precision == "fp32" else args.precision,
         inception=args.inception,
     )
-    table = measure_ntg(setup, out, shard=(i_shard, n_shard), progress=say)
+    table = measure_ntg(
+        setup,
+        out,
+        shard=(i_shard, n_shard),
+        progress=say,
+        share_trajectory=not args.no_share_trajectory,
+    )
     if table is None:
         return 0
     from .. import plots
