@@ -190,35 +190,14 @@ def sample_images(
     ``should_stop`` is asked before every batch; when it answers True sampling ends with
     :class:`SamplingInterrupted` (a trainer told to stop need not finish a long evaluation).
     """
-    labels = _check_sampling_args(
-        n, batch_size, image_shape, guidance, class_labels, null_class_label
-    )
-    device = torch.device(device)
-    guided = guidance > 1.0
-    clip = codec is None if clip_sample is None else bool(clip_sample)
-    gen = torch.Generator(device=device).manual_seed(int(seed))
-    out: list[np.ndarray] = []
-    batches = range(0, n, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc=f"sampling ({sampler}, {steps} steps)", unit="batch")
-    for start in batches:
-        if should_stop is not None and should_stop():
-            raise SamplingInterrupted(f"sampling stopped after {start} of {n} images")
-        b = min(batch_size, n - start)
-        sched = make_sampling_scheduler(objective, sampler, steps, clip_sample=clip)
-        x = torch.randn((b, *image_shape), generator=gen, device=device)
-        y, y_in = _batch_labels(labels, start, b, guided, null_class_label, device)
-        for t in sched.timesteps:
-            x = _reverse_step(
-                model_fn, sched, x, t, y=y, y_in=y_in, guidance=guidance, sampler=sampler,
-                eta=eta, generator=gen, autocast_dtype=autocast_dtype,
-            )  # fmt: skip
-        if codec is not None:
-            x = codec.decode(x)
-        out.append(to_uint8_nhwc(x))
-    return np.concatenate(out)
+    (images,) = sample_images_branching(
+        model_fn, [], objective, n, image_shape=image_shape, sampler=sampler, steps=steps,
+        batch_size=batch_size, seed=seed, class_labels=class_labels, guidance=guidance,
+        null_class_label=null_class_label, eta=eta, codec=codec, device=device,
+        autocast_dtype=autocast_dtype, clip_sample=clip_sample, progress=progress,
+        should_stop=should_stop,
+    )  # fmt: skip
+    return images
 
 
 def _clone_generator(gen: torch.Generator) -> torch.Generator:
@@ -248,6 +227,8 @@ def sample_images_branching(
     device: str | torch.device = "cpu",
     autocast_dtype: torch.dtype | None = None,
     clip_sample: bool | None = None,
+    progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[np.ndarray]:
     """The images of ``base_fn`` and of models that agree with it on the noisiest timesteps,
     with the shared part of their reverse trajectories computed once.
@@ -264,7 +245,8 @@ def sample_images_branching(
     deepest branch point (all of it with ``include_base``) plus each branch's remaining steps —
     for the joint model and the 5 equal-interval NTG hybrids 3 trajectories' worth instead of 6.
     Memory: one more state ``[batch, C, H, W]`` than :func:`sample_images` (branches run depth
-    first).
+    first). ``progress`` and ``should_stop`` as in :func:`sample_images`, which is this function
+    without branches.
     """
     import copy
 
@@ -285,7 +267,14 @@ def sample_images_branching(
     def finish(x: torch.Tensor) -> np.ndarray:
         return to_uint8_nhwc(codec.decode(x) if codec is not None else x)
 
-    for start in range(0, n, batch_size):
+    batches: Any = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=f"sampling ({sampler}, {steps} steps)", unit="batch")
+    for start in batches:
+        if should_stop is not None and should_stop():
+            raise SamplingInterrupted(f"sampling stopped after {start} of {n} images")
         b = min(batch_size, n - start)
         sched = make_sampling_scheduler(objective, sampler, steps, clip_sample=clip)
         x = torch.randn((b, *image_shape), generator=gen, device=device)
