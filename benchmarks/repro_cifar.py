@@ -334,6 +334,53 @@ def convergence(curves: dict[str, dict[int, float]]) -> dict[str, dict[str, Any]
     return out
 
 
+def cluster_loss_ratios(runs: list[Path], window: int = 5) -> dict[str, dict[str, Any]]:
+    """Per-cluster training loss of every balanced run (ANT, no loss weighting) over that of the
+    vanilla run with the same loss and seed, at their common log steps: both losses averaged
+    over ``window`` consecutive log windows first (a rolling mean), then divided. Returns
+    ``{run: {"vanilla": run, "steps": [...], "ratio": [[k values] per step], "last": [k]}}``,
+    ``last`` being the ratio of the last ``window`` windows' means. Min-SNR and P2 runs log
+    their weighted losses and are left out (not comparable)."""
+    from antdiff.analysis.logs import read_training_log
+
+    logs = {}
+    for run in runs:
+        log = read_training_log(run)
+        diff = log.config.get("diffusion", {})
+        if not log.steps.size or diff.get("weighting", "none") != "none" or log.k == 0:
+            continue
+        loss = "hybrid" if diff.get("learned_variance") else "eps"
+        logs[run.name] = (log, loss, log.config.get("run", {}).get("seed"))
+    out: dict[str, dict[str, Any]] = {}
+    for name, (log, loss, seed) in sorted(logs.items()):
+        if log.balancer_name in (None, "vanilla"):
+            continue
+        partner = next(
+            (n for n, (lg, ls, sd) in logs.items()
+             if lg.balancer_name == "vanilla" and ls == loss and sd == seed),
+            None,
+        )  # fmt: skip
+        if partner is None:
+            continue
+        ref = logs[partner][0]
+        common, ia, ib = np.intersect1d(log.steps, ref.steps, return_indices=True)
+        if common.size < window:
+            continue
+
+        def rolling(x: np.ndarray) -> np.ndarray:
+            c = np.cumsum(np.vstack([np.zeros((1, x.shape[1])), x]), axis=0)
+            return (c[window:] - c[:-window]) / window
+
+        ratio = rolling(log.cluster_losses[ia]) / rolling(ref.cluster_losses[ib])
+        out[name] = {
+            "vanilla": partner,
+            "steps": common[window - 1 :].tolist(),
+            "ratio": ratio.tolist(),
+            "last": ratio[-1].tolist(),
+        }
+    return out
+
+
 def tabulate(a: argparse.Namespace) -> list[Path]:
     """Table-1-shaped results from result JSONs (``collect``'s files) in ``--from`` folders:
     for each evaluated step, every cell's FID, precision and recall as the mean over its seeds ±
@@ -437,9 +484,28 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                 f"| {c} | {v['target']['fid']:.1f} ({v['target']['step']}) | {reached} | "
                 f"{speed} | {cross or 'none'} |"
             )
+    runs = sorted(r.parent for f in a.sources for r in Path(f).glob("runs/*/metrics.jsonl"))
+    ratios = cluster_loss_ratios(runs) if runs else {}
+    if ratios:
+        lines += [
+            "",
+            "### Training loss per cluster against vanilla (same loss and seed)",
+            "",
+            "Ratio of the mean per-sample loss over the last five log windows, clean → noisy:",
+            "",
+            "| run | vanilla | last step | ratio per cluster |",
+            "|---|---|---|---|",
+        ]
+        for r, v in ratios.items():
+            shown = ", ".join(f"{x:.2f}" for x in v["last"])
+            lines.append(f"| {r} | {v['vanilla']} | {v['steps'][-1]} | {shown} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     (out / "table.json").write_text(
-        json.dumps({"steps": meta, "cells": table, "convergence": conv}, indent=1) + "\n"
+        json.dumps(
+            {"steps": meta, "cells": table, "convergence": conv, "cluster_loss_ratio": ratios},
+            indent=1,
+        )
+        + "\n"
     )
 
     from antdiff.plots import pyplot
@@ -465,7 +531,30 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
     fig.tight_layout()
     fig.savefig(out / "fid_curves.png", dpi=120)
     plt.close(fig)
-    return [out / "table.md", out / "table.json", out / "fid_curves.png"]
+    written = [out / "table.md", out / "table.json", out / "fid_curves.png"]
+    if ratios:
+        cells = sorted({_method_of(r) for r in ratios})
+        fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.4), squeeze=False)
+        for ax, cell in zip(axes[0], cells):
+            for r, v in ratios.items():
+                if _method_of(r) != cell:
+                    continue
+                ratio = np.asarray(v["ratio"])
+                style = "-" if r.endswith("-s0") else "--"
+                for i in range(ratio.shape[1]):
+                    color = plt.get_cmap("viridis")(i / max(1, ratio.shape[1] - 1))
+                    label = f"cluster {i}" if style == "-" else None
+                    ax.plot(v["steps"], ratio[:, i], style, color=color, lw=1.1, label=label)
+            ax.axhline(1.0, color="grey", lw=0.8)
+            ax.set_title(f"{cell} / vanilla (dashed: seed ≥ 1)", fontsize=9)
+            ax.set_xlabel("iteration")
+            ax.legend(fontsize=7)
+        axes[0][0].set_ylabel("training loss ratio per cluster")
+        fig.tight_layout()
+        fig.savefig(out / "cluster_loss_ratio.png", dpi=120)
+        plt.close(fig)
+        written.append(out / "cluster_loss_ratio.png")
+    return written
 
 
 def _card() -> str:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -215,3 +216,63 @@ def test_convergence_finds_where_curves_cross_and_the_steps_to_vanillas_fid():
     assert conv["minsnr-hybrid"]["vanilla"] == "vanilla-hybrid"
     assert conv["minsnr-hybrid"]["steps_to_target"] == 2500  # 168.3 <= 198.3 at the same step
     assert conv["minsnr-hybrid"]["speedup"] == 1.0
+
+
+def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and_seed(tmp_path):
+    import yaml
+
+    repro_cifar = _driver_module()
+
+    def run(name, balancer, seed, learned, weighting, losses):
+        d = tmp_path / "slice" / "runs" / name
+        d.mkdir(parents=True)
+        cfg = {
+            "run": {"seed": seed},
+            "ant": {"enabled": balancer is not None, "balancer": balancer or "uw", "k": 2},
+            "diffusion": {"learned_variance": learned, "weighting": weighting},
+        }
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        lines = [
+            {"step": 100 * (i + 1), "loss": 1.0, "cluster_losses": c} for i, c in enumerate(losses)
+        ]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        return d
+
+    van = [[1.0, 0.1]] * 6
+    runs = [
+        run("vanilla-eps-s0", None, 0, False, "none", van),
+        run("vanilla-eps-s1", None, 1, False, "none", [[2.0, 0.2]] * 6),
+        run("vanilla-hybrid-s0", None, 0, True, "none", [[4.0, 0.4]] * 6),
+        # ANT-UW, ε-MSE, seed 0: cluster 0 rises from 1.0 to 1.2, cluster 1 halves
+        run("uw-eps-s0", "uw", 0, False, "none", [[1.0, 0.1]] * 2 + [[1.2, 0.05]] * 4),
+        run("minsnr-eps-s0", None, 0, False, "min_snr", [[9.0, 9.0]] * 6),  # weighted: left out
+        run("uw-eps-s2", "uw", 2, False, "none", van),  # no vanilla of seed 2: left out
+    ]
+    got = repro_cifar.cluster_loss_ratios(runs, window=2)
+    assert set(got) == {"uw-eps-s0"}
+    r = got["uw-eps-s0"]
+    assert r["vanilla"] == "vanilla-eps-s0"  # same loss and seed, not the hybrid or seed 1
+    assert r["steps"] == [200, 300, 400, 500, 600]
+    np.testing.assert_allclose(r["ratio"][0], [1.0, 1.0])
+    np.testing.assert_allclose(r["ratio"][1], [1.1, 0.75])  # rolling mean over two windows
+    np.testing.assert_allclose(r["last"], [1.2, 0.5])
+    # `table` finds the run folders beside the result files: a table section (five-window
+    # means: (1.0 + 4 x 1.2) / 5 = 1.16 and 0.06 / 0.1) and a figure
+    point = {"step": 600, "n": 10, "fid": 50.0, "precision": 0.5, "recall": 0.5, "floor": 1.0}
+    (tmp_path / "slice" / "phase1-vanilla-eps-s0.json").write_text(
+        json.dumps({"run": "vanilla-eps-s0", "seed": 0, "curve": [point]})
+    )
+    out = tmp_path / "table"
+    cmd = [
+        sys.executable,
+        str(DRIVER),
+        "table",
+        "--from",
+        str(tmp_path / "slice"),
+        "--results",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| uw-eps-s0 | vanilla-eps-s0 | 600 | 1.16, 0.60 |" in (out / "table.md").read_text()
+    assert (out / "cluster_loss_ratio.png").stat().st_size > 1000
