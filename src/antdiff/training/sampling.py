@@ -25,6 +25,7 @@ the variance channels (if any) taken from the conditional pass.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -248,8 +249,6 @@ def sample_images_branching(
     first). ``progress`` and ``should_stop`` as in :func:`sample_images`, which is this function
     without branches.
     """
-    import copy
-
     labels = _check_sampling_args(
         n, batch_size, image_shape, guidance, class_labels, null_class_label
     )
@@ -291,7 +290,7 @@ def sample_images_branching(
                     xb = _reverse_step(fn, sb, xb, t, generator=gb, **kw)  # type: ignore[arg-type]
                 out[j + int(include_base)].append(finish(xb))
                 end_state = gb.get_state()
-            if i >= min(base_until, len(timesteps)):
+            if i >= base_until:
                 break
             x = _reverse_step(base_fn, sched, x, sched.timesteps[i], generator=gen, **kw)  # type: ignore[arg-type]
         if include_base:
