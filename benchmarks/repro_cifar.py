@@ -608,18 +608,11 @@ def main() -> None:
         for name, (preset, extra) in grid(a.slice, a.loss).items():
             print(f"{name:28s} configs/cifar10/{preset:28s} {' '.join(extra)}")
         return
-    if a.action == "summary":
-        for p in summarize(a):
-            print(f"wrote {p}")
-        return
-    if a.action == "table":
-        if not a.sources:
-            raise SystemExit("table needs --from DIR [DIR ...] (folders of result JSONs)")
-        for p in tabulate(a):
-            print(f"wrote {p}")
-        return
-    if a.action == "collect":
-        for p in collect(a):
+    if a.action == "table" and not a.sources:
+        raise SystemExit("table needs --from DIR [DIR ...] (folders of result JSONs)")
+    writers = {"summary": summarize, "table": tabulate, "collect": collect}
+    if a.action in writers:
+        for p in writers[a.action](a):
             print(f"wrote {p}")
         return
     from antdiff.analysis.ntg_pipeline import run_trainers
