@@ -387,11 +387,18 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
     half their range, with each seed's value, the best mean of each column in bold; each cell's
     convergence against the vanilla run of its loss (:func:`convergence`); and the
     FID-vs-iteration figure (mean over seeds, bars spanning the seeds' range; one colour per
-    method, dashed for the hybrid loss). Writes ``table.md``, ``table.json`` and
-    ``fid_curves.png`` to ``--results``."""
+    method, dashed for the hybrid loss). A run name found in several folders (a later slice
+    training the same config and seed again) counts once: the first folder's points and run
+    folder are kept and the others' points listed as repeats. Writes ``table.md``,
+    ``table.json`` and ``fid_curves.png`` to ``--results``."""
     rows: dict[str, dict[int, dict[str, list[float]]]] = {}
     seeds: dict[str, list[int]] = {}
     meta: dict[int, dict[str, Any]] = {}
+    # A run of the same name in two folders is the same config and seed trained again (a later
+    # slice repeating an earlier point): it is one seed, not two. The first folder's point wins;
+    # later ones are reported as repeats (the run-to-run spread at a fixed seed).
+    seen: dict[tuple[str, int], tuple[str, float]] = {}
+    repeats: list[dict[str, Any]] = []
     for folder in a.sources:
         files = sorted(Path(folder).glob("phase*-*.json"))
         if not files:
@@ -399,10 +406,20 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
         for f in files:
             res = json.loads(f.read_text())
             cell = _method_of(res["run"])
-            seeds.setdefault(cell, []).append(res["seed"])
+            if res["seed"] not in seeds.get(cell, []):
+                seeds.setdefault(cell, []).append(res["seed"])
             for point in res["curve"]:
                 if point.get("fid") is None:
                     continue
+                key = (res["run"], int(point["step"]))
+                if key in seen:
+                    repeats.append({
+                        "run": res["run"], "step": key[1],
+                        "kept": {"folder": seen[key][0], "fid": seen[key][1]},
+                        "repeat": {"folder": str(folder), "fid": float(point["fid"])},
+                    })  # fmt: skip
+                    continue
+                seen[key] = (str(folder), float(point["fid"]))
                 vals = rows.setdefault(cell, {}).setdefault(int(point["step"]), {})
                 for key in ("fid", "precision", "recall"):
                     if point.get(key) is not None:
@@ -484,7 +501,24 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                 f"| {c} | {v['target']['fid']:.1f} ({v['target']['step']}) | {reached} | "
                 f"{speed} | {cross or 'none'} |"
             )
-    runs = sorted(r.parent for f in a.sources for r in Path(f).glob("runs/*/metrics.jsonl"))
+    if repeats:
+        lines += [
+            "",
+            "### Repeated runs (same name, config and seed in another folder; first folder kept)",
+            "",
+            "| run | step | FID kept (folder) | FID of the repeat (folder) |",
+            "|---|---|---|---|",
+        ]
+        for r in repeats:
+            lines.append(
+                f"| {r['run']} | {r['step']} | {r['kept']['fid']:.1f} ({r['kept']['folder']}) | "
+                f"{r['repeat']['fid']:.1f} ({r['repeat']['folder']}) |"
+            )
+    runs_by_name: dict[str, Path] = {}
+    for f in a.sources:  # the first folder's run of a name, as for the result files
+        for r in sorted(Path(f).glob("runs/*/metrics.jsonl")):
+            runs_by_name.setdefault(r.parent.name, r.parent)
+    runs = sorted(runs_by_name.values())
     ratios = cluster_loss_ratios(runs) if runs else {}
     if ratios:
         lines += [
@@ -502,11 +536,19 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
     (out / "table.md").write_text("\n".join(lines) + "\n")
     (out / "table.json").write_text(
         json.dumps(
-            {"steps": meta, "cells": table, "convergence": conv, "cluster_loss_ratio": ratios},
+            {
+                "steps": meta,
+                "cells": table,
+                "convergence": conv,
+                "cluster_loss_ratio": ratios,
+                "repeats": repeats,
+            },  # fmt: skip
             indent=1,
         )
         + "\n"
     )
+
+    from matplotlib.ticker import MaxNLocator
 
     from antdiff.plots import pyplot
 
@@ -548,6 +590,7 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
             ax.axhline(1.0, color="grey", lw=0.8)
             ax.set_title(f"{cell} / vanilla (dashed: seed ≥ 1)", fontsize=9)
             ax.set_xlabel("iteration")
+            ax.xaxis.set_major_locator(MaxNLocator(5))  # long runs' tick labels ran together
             ax.legend(fontsize=7)
         axes[0][0].set_ylabel("training loss ratio per cluster")
         fig.tight_layout()

@@ -190,6 +190,38 @@ def test_table_averages_seeds_bolds_the_best_and_draws_the_curves(tmp_path):
     assert bad.returncode != 0 and "run `collect` first" in bad.stderr
 
 
+def test_table_counts_a_run_repeated_in_a_later_folder_once_and_lists_the_repeat(tmp_path):
+    def result(folder, run, seed, curve):
+        folder.mkdir(exist_ok=True)
+        pts = [
+            {"step": st, "n": 5000, "fid": f, "precision": 0.5, "recall": 0.3} for st, f in curve
+        ]
+        (folder / f"phase1-{run}.json").write_text(
+            json.dumps({"run": run, "seed": seed, "curve": pts})
+        )
+
+    long, short = tmp_path / "long", tmp_path / "short"
+    result(long, "vanilla-eps-s0", 0, [(5000, 42.5), (10000, 23.4)])
+    result(short, "vanilla-eps-s0", 0, [(2500, 199.5), (5000, 43.2)])  # same seed, earlier slice
+    result(short, "vanilla-eps-s1", 1, [(2500, 196.5), (5000, 43.7)])
+    out = tmp_path / "table"
+    cmd = [sys.executable, str(DRIVER), "table", "--from", str(long), str(short), "--results",
+           str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((out / "table.json").read_text())
+    # seed 0 counts once at 5000 (the first folder's 42.5), beside seed 1: not three seeds
+    assert data["cells"]["5000"]["vanilla-eps"]["fid"] == [42.5, 43.7]
+    assert data["cells"]["2500"]["vanilla-eps"]["fid"] == [199.5, 196.5]  # new steps still count
+    assert data["repeats"] == [{
+        "run": "vanilla-eps-s0", "step": 5000,
+        "kept": {"folder": str(long), "fid": 42.5}, "repeat": {"folder": str(short), "fid": 43.2},
+    }]  # fmt: skip
+    md = (out / "table.md").read_text()
+    assert "vanilla-eps (seeds [0, 1])" in md
+    assert f"| vanilla-eps-s0 | 5000 | 42.5 ({long}) | 43.2 ({short}) |" in md
+
+
 def test_convergence_finds_where_curves_cross_and_the_steps_to_vanillas_fid():
     convergence = _driver_module().convergence
     curves = {
