@@ -381,6 +381,117 @@ def cluster_loss_ratios(runs: list[Path], window: int = 5) -> dict[str, dict[str
     return out
 
 
+# Figure 2 of the paper (ADM), read from the bar chart (digest §3.2): the reference row of O2.
+PAPER_NTG_ADM = {(0, 199): 4.6, (200, 399): 0.15, (400, 599): -1.6, (600, 799): -5.9,
+                 (800, 999): -7.6}  # fmt: skip
+
+
+def ntg_across_seeds(folders: list[str | Path]) -> dict[str, dict[str, Any]]:
+    """O2 over training seeds: every ``ntg-<run>/ntg.json`` (``antdiff ntg`` of a joint run and
+    the specialists of its session) in ``folders``, grouped by the joint's cell. A session's
+    NTG per interval (its mean over specialist × sampling seed pairs) is one value per training
+    seed; a cell's NTG is the mean of those values ± half their range, as the FID tables. A run
+    name found again in a later folder is the same seed and counts once (first folder kept).
+    Returns ``{cell: {"seeds", "runs", "intervals", "ntg" (per interval: per-seed values),
+    "fid_joint" (per seed), "fid_hybrid", "n", "floor", "joint_iterations"}}``."""
+    from antdiff.analysis.ntg import NTGTable
+
+    cells: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
+    for folder in folders:
+        for f in sorted(Path(folder).glob("ntg-*/ntg.json")):
+            run = f.parent.name.removeprefix("ntg-")
+            if run in seen:
+                continue
+            seen.add(run)
+            table = NTGTable.load(f)
+            cell = _method_of(run)
+            tail = run.rpartition("-s")[2]
+            result = Path(folder) / f"phase1-{run}.json"
+            its = json.loads(result.read_text()).get("iterations") if result.exists() else None
+            c = cells.setdefault(cell, {
+                "seeds": [], "runs": [], "intervals": [list(iv) for iv in table.intervals],
+                "ntg": [[] for _ in table.rows], "fid_hybrid": [[] for _ in table.rows],
+                "fid_joint": [], "n": table.n, "floor": table.floor, "joint_iterations": [],
+            })  # fmt: skip
+            if c["intervals"] != [list(iv) for iv in table.intervals]:
+                raise SystemExit(
+                    f"{f}: intervals {table.intervals} differ from those of {c['runs'][0]} "
+                    f"({c['intervals']}); measure every seed of a cell on the same intervals"
+                )
+            if c["n"] != table.n:
+                raise SystemExit(f"{f}: n = {table.n}, but {c['runs'][0]} used n = {c['n']}")
+            c["seeds"].append(int(tail) if tail.isdigit() else None)
+            c["runs"].append(f"{folder}/{f.parent.name}")
+            c["fid_joint"].append(table.fid_joint_mean)
+            c["joint_iterations"].append(its)
+            for i, row in enumerate(table.rows):
+                c["ntg"][i].append(row.mean)
+                c["fid_hybrid"][i].append(row.fid_hybrid_mean)
+    return cells
+
+
+def _ntg_lines(cells: dict[str, dict[str, Any]]) -> list[str]:
+    """The O2 section of ``table.md``: one row per joint cell, one column per interval."""
+    intervals = next(iter(cells.values()))["intervals"]
+    labels = [f"[{a + 1}, {b + 1}]" for a, b in intervals]
+
+    def pm(x: list[float], signed: bool = True) -> str:
+        m, half = float(np.mean(x)), (max(x) - min(x)) / 2
+        f = "+.1f" if signed else ".1f"
+        if len(x) == 1:
+            return f"{m:{f}}"
+        return f"{m:{f}} ± {half:.1f} (" + ", ".join(f"{v:{f}}" for v in x) + ")"
+
+    lines = [
+        "",
+        "### O2: negative transfer gap per interval",
+        "",
+        "NTG(I) = FID(specialist on I, joint model elsewhere) − FID(joint model); < 0: negative "
+        "transfer. Mean over training seeds (each seed: its joint model and its specialists) ± "
+        "half their range, each seed's value in brackets.",
+        "",
+        "| joint model | seeds | joint FID | " + " | ".join(labels) + " |",
+        "|---|---|---|" + "---|" * len(labels),
+    ]
+    for cell, c in sorted(cells.items()):
+        lines.append(
+            f"| {cell} | {len(c['seeds'])} | {pm(c['fid_joint'], signed=False)} | "
+            + " | ".join(pm(v) for v in c["ntg"])
+            + " |"
+        )
+    if [tuple(iv) for iv in intervals] == list(PAPER_NTG_ADM):
+        lines.append(
+            "| paper, ADM (Fig. 2, read from the chart) | — | — | "
+            + " | ".join(f"{v:+.2f}" for v in PAPER_NTG_ADM.values())
+            + " |"
+        )
+    lines.append("")
+    for cell, c in sorted(cells.items()):
+        its = ", ".join("?" if i is None else str(i) for i in c["joint_iterations"])
+        floor = f", FID floor {c['floor']:.2f}" if c["floor"] is not None else ""
+        lines.append(
+            f"- {cell}: n = {c['n']}{floor}; joint iterations per seed: {its}; from "
+            + ", ".join(f"`{r}`" for r in c["runs"])
+        )
+    return lines
+
+
+def _plot_ntg_across_seeds(cells: dict[str, dict[str, Any]], path: Path) -> Path:
+    """The paper's Figure-2 bars for every cell, error bars = std over training seeds."""
+    from antdiff.analysis.ntg import NTGRow, NTGTable
+    from antdiff.plots import plot_ntg
+
+    tables = {}
+    for cell, c in sorted(cells.items()):
+        rows = [
+            NTGRow(tuple(iv), tuple(v), tuple(h), tuple((s, 0) for s in c["seeds"]))
+            for iv, v, h in zip(c["intervals"], c["ntg"], c["fid_hybrid"])
+        ]
+        tables[cell] = NTGTable(rows, dict(enumerate(c["fid_joint"])), c["n"], c["floor"])
+    return plot_ntg(tables, path, title="NTG per interval (bars: std over training seeds)")
+
+
 def tabulate(a: argparse.Namespace) -> list[Path]:
     """Table-1-shaped results from result JSONs (``collect``'s files) in ``--from`` folders:
     for each evaluated step, every cell's FID, precision and recall as the mean over its seeds ±
@@ -389,8 +500,9 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
     FID-vs-iteration figure (mean over seeds, bars spanning the seeds' range; one colour per
     method, dashed for the hybrid loss). A run name found in several folders (a later slice
     training the same config and seed again) counts once: the first folder's points and run
-    folder are kept and the others' points listed as repeats. Writes ``table.md``,
-    ``table.json`` and ``fid_curves.png`` to ``--results``."""
+    folder are kept and the others' points listed as repeats. NTG results in the folders
+    (``ntg-<run>/ntg.json``) add the O2 table over training seeds (:func:`ntg_across_seeds`) and
+    ``ntg.png``. Writes ``table.md``, ``table.json`` and ``fid_curves.png`` to ``--results``."""
     rows: dict[str, dict[int, dict[str, list[float]]]] = {}
     seeds: dict[str, list[int]] = {}
     meta: dict[int, dict[str, Any]] = {}
@@ -533,6 +645,9 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
         for r, v in ratios.items():
             shown = ", ".join(f"{x:.2f}" for x in v["last"])
             lines.append(f"| {r} | {v['vanilla']} | {v['steps'][-1]} | {shown} |")
+    ntg = ntg_across_seeds(a.sources)
+    if ntg:
+        lines += _ntg_lines(ntg)
     (out / "table.md").write_text("\n".join(lines) + "\n")
     (out / "table.json").write_text(
         json.dumps(
@@ -542,7 +657,8 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                 "convergence": conv,
                 "cluster_loss_ratio": ratios,
                 "repeats": repeats,
-            },  # fmt: skip
+                "ntg": ntg,
+            },
             indent=1,
         )
         + "\n"
@@ -574,6 +690,8 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
     fig.savefig(out / "fid_curves.png", dpi=120)
     plt.close(fig)
     written = [out / "table.md", out / "table.json", out / "fid_curves.png"]
+    if ntg:
+        written.append(_plot_ntg_across_seeds(ntg, out / "ntg.png"))
     if ratios:
         cells = sorted({_method_of(r) for r in ratios})
         fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.4), squeeze=False)

@@ -222,6 +222,66 @@ def test_table_counts_a_run_repeated_in_a_later_folder_once_and_lists_the_repeat
     assert f"| vanilla-eps-s0 | 5000 | 42.5 ({long}) | 43.2 ({short}) |" in md
 
 
+def test_table_adds_o2_over_training_seeds_from_the_ntg_results_of_each_session(tmp_path):
+    from antdiff.analysis.ntg import FIDMeasurement, compute_ntg
+
+    intervals = [(0, 199), (200, 399), (400, 599), (600, 799), (800, 999)]
+
+    def session(folder, run, seed, joint, hybrids, iterations=5000):
+        folder.mkdir(exist_ok=True)
+        pts = [{"step": 5000, "n": 5000, "fid": joint, "precision": 0.5, "recall": 0.3}]
+        (folder / f"phase1-{run}.json").write_text(json.dumps(
+            {"run": run, "seed": seed, "curve": pts, "iterations": iterations}
+        ))  # fmt: skip
+        ms = [FIDMeasurement(joint, 0, n=5000, floor=5.8)] + [
+            FIDMeasurement(h, 0, iv, specialist_seed=seed, n=5000, floor=5.8)
+            for iv, h in zip(intervals, hybrids)
+        ]
+        compute_ntg(ms, intervals).save(folder / f"ntg-{run}")
+
+    s0, s1 = tmp_path / "o2-s0", tmp_path / "o2-s1"
+    session(s0, "vanilla-hybrid-s0", 0, 40.0, [44.0, 40.5, 39.0, 35.0, 33.0])
+    session(s1, "vanilla-hybrid-s1", 1, 42.0, [45.0, 42.0, 41.0, 38.0, 36.0])
+    session(s0, "timestep-uw-hybrid-s0", 0, 50.0, [51.0, 50.0, 49.0, 48.0, 47.0])
+    out = tmp_path / "table"
+    cmd = [sys.executable, str(DRIVER), "table", "--from", str(s0), str(s1), "--results",
+           str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((out / "table.json").read_text())["ntg"]
+    # one NTG per training seed and interval: seed 0's [1, 200] is 44 - 40, seed 1's 45 - 42
+    assert data["vanilla-hybrid"]["seeds"] == [0, 1]
+    assert data["vanilla-hybrid"]["ntg"][0] == [4.0, 3.0]
+    assert data["vanilla-hybrid"]["ntg"][4] == [-7.0, -6.0]
+    assert data["vanilla-hybrid"]["fid_joint"] == [40.0, 42.0]
+    assert data["vanilla-hybrid"]["joint_iterations"] == [5000, 5000]
+    md = (out / "table.md").read_text()
+    o2 = md.split("### O2: negative transfer gap per interval")[1]
+    assert (
+        "| vanilla-hybrid | 2 | 41.0 ± 1.0 (40.0, 42.0) | +3.5 ± 0.5 (+4.0, +3.0) | "
+        "+0.2 ± 0.2 (+0.5, +0.0) | -1.0 ± 0.0 (-1.0, -1.0) | -4.5 ± 0.5 (-5.0, -4.0) | "
+        "-6.5 ± 0.5 (-7.0, -6.0) |"
+    ) in o2
+    assert "| timestep-uw-hybrid | 1 | 50.0 | +1.0 | +0.0 | -1.0 | -2.0 | -3.0 |" in o2
+    assert "| paper, ADM (Fig. 2, read from the chart) | — | — | +4.60 |" in o2
+    assert (out / "ntg.png").stat().st_size > 1000
+
+    # a seed measured on other intervals cannot be averaged with the first: a clear error
+    bad = tmp_path / "o2-bad"
+    bad.mkdir()
+    (bad / "phase1-vanilla-hybrid-s2.json").write_text(
+        json.dumps({"run": "vanilla-hybrid-s2", "seed": 2, "curve": []})
+    )
+    ms = [FIDMeasurement(40.0, 0, n=5000), FIDMeasurement(41.0, 0, (0, 499), 2, n=5000),
+          FIDMeasurement(39.0, 0, (500, 999), 2, n=5000)]  # fmt: skip
+    compute_ntg(ms).save(bad / "ntg-vanilla-hybrid-s2")
+    proc = subprocess.run(cmd[:-2] + [str(bad), "--results", str(out)], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode != 0 and "measure every seed of a cell on the same intervals" in (
+        proc.stderr
+    )
+
+
 def test_convergence_finds_where_curves_cross_and_the_steps_to_vanillas_fid():
     convergence = _driver_module().convergence
     curves = {
