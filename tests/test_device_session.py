@@ -154,6 +154,20 @@ def test_o2_trains_the_specialists_beside_the_joint_and_measures_the_ntg(tmp_pat
         ntg = json.load(tar.extractfile("results/ntg-vanilla-eps-s0/ntg.json"))  # type: ignore[arg-type]
     text = json.dumps(ntg)
     assert "199" in text and "800" in text  # the five intervals [0,199] ... [800,999]
+    # the bundle is what gets committed; the driver's table reads its O2 results from there
+    with tarfile.open(bundle) as tar:
+        tar.extractall(tmp_path / "bundle", filter="data")
+    table = tmp_path / "table"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT.parent / "repro_cifar.py"), "table", "--from",
+         str(tmp_path / "bundle" / "results"), "--results", str(table)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    o2 = json.loads((table / "table.json").read_text())["ntg"]["vanilla-eps"]
+    assert o2["seeds"] == [0] and o2["ntg"] == [[r["ntg_mean"]] for r in ntg["rows"]]
+    assert o2["joint_iterations"] == [2]
+    assert "| vanilla-eps | 1 |" in (table / "table.md").read_text().split("### O2")[1]
     # AFFINITY_RUNS set and empty: no O1 matrix (the run is in the default list)
     assert (
         "O1: affinity" not in proc.stdout
