@@ -87,6 +87,27 @@ def test_read_training_log(tmp_path):
     assert log.eval_metrics() == ["fid", "floor"]
 
 
+def test_uw_stationary_weights_are_k_over_twice_the_trailing_mean_loss(tmp_path):
+    log = read_training_log(write_run(tmp_path / "uw", "uw"))
+    L = np.array([[0.2 / (i + 1) / (n + 1) for i in range(K - 1)] for n in range(20)])
+    st = log.uw_stationary_weights(window=3)
+    # row n: k / (2 * mean of rows n-2..n); the first rows average what exists
+    np.testing.assert_allclose(st[10, : K - 1], K / (2 * L[8:11].mean(axis=0)))
+    np.testing.assert_allclose(st[0, : K - 1], K / (2 * L[0]))
+    np.testing.assert_allclose(st[1, : K - 1], K / (2 * L[:2].mean(axis=0)))
+    assert np.isnan(st[:, -1]).all()  # a cluster with no logged loss has no stationary point
+    np.testing.assert_allclose(log.uw_stationary_weights(window=1)[:, 0], K / (2 * L[:, 0]))
+    # Kendall's form without /k settles at 1/(2 L_i)
+    cfg = tmp_path / "uw" / "config.yaml"
+    cfg.write_text(cfg.read_text() + "  balancer_params:\n    divide_by_k: false\n")
+    np.testing.assert_allclose(
+        read_training_log(tmp_path / "uw").uw_stationary_weights(window=1)[:, 0], 1 / (2 * L[:, 0])
+    )
+    assert read_training_log(write_run(tmp_path / "pc", "pcgrad")).uw_stationary_weights() is None
+    with pytest.raises(ValueError, match="window"):
+        log.uw_stationary_weights(window=0)
+
+
 def test_conflict_frequencies_from_pcgrad_records(tmp_path):
     log = read_training_log(write_run(tmp_path / "pc", "pcgrad"))
     c = log.conflicts()

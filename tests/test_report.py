@@ -74,6 +74,11 @@ def test_full_report(tmp_path):
     assert "| [1, 500] | 0–499 | -2.50 ± 0.71 |" in text
     assert "FID floor at this n = 5.00" in text
     assert "ANT-pcgrad" in text and "ANT-uw" in text
+    # UW's learned weights against their stationary point k/(2·L_i) (trailing 5-window loss):
+    # at the last line (n = 19) cluster 0 has ½e^0 = 0.5 against 4 / (2·mean L_0[15..19])
+    L0 = np.mean([0.2 / (n + 1) for n in range(15, 20)])
+    ratio = text.split("UW ½e^{−s_i} over its stationary point k/(2·L_i):")[1].split("\n\n")[1]
+    assert f"| 1000 | {0.5 / (4 / (2 * L0)):.4g} |" in ratio
     # The runs table quotes the trainer's own "loss" key (the last window's mean per-sample loss).
     assert "| uw_run | ANT-uw | – | – | 1000 | 0.005 | 5 | 500 | 3 | 10 |" in text
 

@@ -340,8 +340,10 @@ def plot_cluster_losses(log: TrainingLog, path: str | Path, title: str | None = 
 
 
 def plot_balancer_weights(log: TrainingLog, path: str | Path, title: str | None = None) -> Path:
-    """The balancer's per-cluster weights over training: UW's ½e^{−s_i} (log scale) and/or
-    Nash's α when logged, else the generic effective weights."""
+    """The balancer's per-cluster weights over training: UW's ½e^{−s_i} (log scale, dashed:
+    its stationary point k/(2·L_i) from the logged cluster losses,
+    :meth:`~antdiff.analysis.logs.TrainingLog.uw_stationary_weights`) and/or Nash's α when
+    logged, else the generic effective weights."""
     plt = pyplot()
     series: list[tuple[str, np.ndarray, bool]] = []
     uw = log.uw_weights()
@@ -361,6 +363,13 @@ def plot_balancer_weights(log: TrainingLog, path: str | Path, title: str | None 
             y = w[:, i]
             ok = np.isfinite(y)
             ax.plot(log.steps[ok], y[ok], color=colours[i], lw=1.2, label=labels[i])
+        stationary = log.uw_stationary_weights() if w is uw else None
+        if stationary is not None:
+            for i in range(log.k):
+                y = stationary[:, i]
+                ok = np.isfinite(y)
+                label = "k/(2·L_i): stationary point" if i == 0 else None
+                ax.plot(log.steps[ok], y[ok], color=colours[i], lw=0.9, ls="--", label=label)
         if logy and np.nanmin(w) > 0:
             ax.set_yscale("log")
         ax.set_xlabel("step")

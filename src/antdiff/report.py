@@ -317,6 +317,10 @@ def _weights_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
             f"weights_{name}",
             f"balancer weights of {name}",
         )
+        uw, stationary = log.uw_weights(), log.uw_stationary_weights()
+        if uw is not None and stationary is not None:
+            # 1 where s has caught up with the losses: UW is then the inverse-loss weighting
+            series.append(("UW ½e^{−s_i} over its stationary point k/(2·L_i)", uw / stationary))
         for label, s in series:
             rows = []
             for frac in (0.1, 0.5, 1.0):

@@ -95,6 +95,31 @@ class TrainingLog:
         s = self.balancer_series("log_vars")
         return None if s is None else 0.5 * np.exp(-s)
 
+    def uw_stationary_weights(self, window: int = 5) -> np.ndarray | None:
+        """Where UW's weights would sit for the logged cluster losses. UW minimises
+        L = Σ_i ½(e^{−s_i}·L_i/k + s_i) over s (§5.4); ∂L/∂s_i = 0 at e^{s_i} = L_i/k, so its
+        weight ½e^{−s_i} settles at k/(2·L_i) (1/(2·L_i) with ``divide_by_k: false``): UW is an
+        inverse-loss weighting once s has caught up with the losses. ``L_i`` is the mean of the
+        last ``window`` log windows (a trailing mean; the first rows average fewer). ``[n, k]``,
+        NaN where a loss is missing or not positive; ``None`` unless the run used ``uw``."""
+        if self.balancer_name != "uw" or self.k == 0 or not len(self):
+            return None
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        ant = self.config.get("ant", {}) if isinstance(self.config, dict) else {}
+        params = ant.get("balancer_params") or {}
+        scale = 1.0 if params.get("divide_by_k", True) is False else float(self.k)
+        loss = np.where(self.cluster_losses > 0, self.cluster_losses, np.nan)
+        ok = np.isfinite(loss)
+        csum = np.cumsum(np.where(ok, loss, 0.0), axis=0)
+        cnt = np.cumsum(ok, axis=0)
+        lag = np.vstack([np.zeros((window, self.k)), csum[:-window]])[: len(loss)]
+        lag_n = np.vstack([np.zeros((window, self.k)), cnt[:-window]])[: len(loss)]
+        n = cnt - lag_n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(n > 0, (csum - lag) / np.maximum(n, 1), np.nan)
+            return scale / (2.0 * mean)
+
     def nash_alpha(self) -> np.ndarray | None:
         """Nash-MTL's α per cluster over training."""
         return self.balancer_series("alpha")
