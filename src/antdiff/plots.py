@@ -368,7 +368,7 @@ def plot_balancer_weights(log: TrainingLog, path: str | Path, title: str | None 
             for i in range(log.k):
                 y = stationary[:, i]
                 ok = np.isfinite(y)
-                label = "k/(2·L_i): stationary point" if i == 0 else None
+                label = "stationary point (UW optimum for the logged L_i)" if i == 0 else None
                 ax.plot(log.steps[ok], y[ok], color=colours[i], lw=0.9, ls="--", label=label)
         if logy and np.nanmin(w) > 0:
             ax.set_yscale("log")

@@ -320,7 +320,8 @@ def _weights_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
         uw, stationary = log.uw_weights(), log.uw_stationary_weights()
         if uw is not None and stationary is not None:
             # 1 where s has caught up with the losses: UW is then the inverse-loss weighting
-            series.append(("UW ½e^{−s_i} over its stationary point k/(2·L_i)", uw / stationary))
+            point = "k/(2·L_i)" if log.uw_divides_by_k else "1/(2·L_i)"
+            series.append((f"UW ½e^{{−s_i}} over its stationary point {point}", uw / stationary))
         for label, s in series:
             rows = []
             for frac in (0.1, 0.5, 1.0):

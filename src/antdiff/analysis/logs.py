@@ -42,6 +42,22 @@ def _vec(x: Any, k: int) -> np.ndarray:
     return out
 
 
+def _trailing_nanmean(x: np.ndarray, window: int) -> np.ndarray:
+    """Mean over the trailing ``window`` rows (the row itself and the ones before it; the first
+    rows average fewer), ignoring NaN; NaN where a window holds no finite value."""
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    n = x.shape[0]
+    valid = np.isfinite(x)
+    cs = np.concatenate([np.zeros((1, *x.shape[1:])), np.cumsum(np.where(valid, x, 0.0), axis=0)])
+    cv = np.concatenate([np.zeros((1, *x.shape[1:])), np.cumsum(valid, axis=0)])
+    lo = np.maximum(np.arange(n) + 1 - window, 0)
+    num = cs[np.arange(n) + 1] - cs[lo]
+    den = cv[np.arange(n) + 1] - cv[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.maximum(den, 1), np.nan)
+
+
 @dataclass
 class TrainingLog:
     """The numeric series of one run. Arrays have one row per training line; missing values
@@ -95,6 +111,13 @@ class TrainingLog:
         s = self.balancer_series("log_vars")
         return None if s is None else 0.5 * np.exp(-s)
 
+    @property
+    def uw_divides_by_k(self) -> bool:
+        """Whether the run's UW used ANT's ``/k`` (``ant.balancer_params.divide_by_k``, default
+        true)."""
+        ant = self.config.get("ant", {}) if isinstance(self.config, dict) else {}
+        return (ant.get("balancer_params") or {}).get("divide_by_k", True) is not False
+
     def uw_stationary_weights(self, window: int = 5) -> np.ndarray | None:
         """Where UW's weights would sit for the logged cluster losses. UW minimises
         L = Σ_i ½(e^{−s_i}·L_i/k + s_i) over s (§5.4); ∂L/∂s_i = 0 at e^{s_i} = L_i/k, so its
@@ -104,21 +127,9 @@ class TrainingLog:
         NaN where a loss is missing or not positive; ``None`` unless the run used ``uw``."""
         if self.balancer_name != "uw" or self.k == 0 or not len(self):
             return None
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
-        ant = self.config.get("ant", {}) if isinstance(self.config, dict) else {}
-        params = ant.get("balancer_params") or {}
-        scale = 1.0 if params.get("divide_by_k", True) is False else float(self.k)
+        scale = float(self.k) if self.uw_divides_by_k else 1.0
         loss = np.where(self.cluster_losses > 0, self.cluster_losses, np.nan)
-        ok = np.isfinite(loss)
-        csum = np.cumsum(np.where(ok, loss, 0.0), axis=0)
-        cnt = np.cumsum(ok, axis=0)
-        lag = np.vstack([np.zeros((window, self.k)), csum[:-window]])[: len(loss)]
-        lag_n = np.vstack([np.zeros((window, self.k)), cnt[:-window]])[: len(loss)]
-        n = cnt - lag_n
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(n > 0, (csum - lag) / np.maximum(n, 1), np.nan)
-            return scale / (2.0 * mean)
+        return scale / (2.0 * _trailing_nanmean(loss, window))
 
     def nash_alpha(self) -> np.ndarray | None:
         """Nash-MTL's α per cluster over training."""
@@ -147,20 +158,8 @@ class TrainingLog:
         c = self.conflicts()
         if c is None:
             return None
-        n = c.shape[0]
-        w = max(1, n // 10) if window is None else int(window)
-        if w < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
-        valid = np.isfinite(c)
-        x = np.where(valid, c, 0.0)
-        cs = np.concatenate([np.zeros((1, *c.shape[1:])), np.cumsum(x, axis=0)])
-        cv = np.concatenate([np.zeros((1, *c.shape[1:])), np.cumsum(valid, axis=0)])
-        lo = np.maximum(np.arange(n) + 1 - w, 0)
-        num = cs[np.arange(n) + 1] - cs[lo]
-        den = cv[np.arange(n) + 1] - cv[lo]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            freq = np.where(den > 0, num / np.maximum(den, 1), np.nan)
-        return self.steps, freq
+        w = max(1, c.shape[0] // 10) if window is None else int(window)
+        return self.steps, _trailing_nanmean(c, w)
 
     def conflict_vs_distance(
         self, clusters: TaskClusters | None = None
