@@ -22,7 +22,12 @@
 #
 # Settings (environment):
 #   RUN_GROUPS      space-separated groups, one per GPU, each a comma-separated list of run names of
-#               `repro_cifar.py list phase1` (default: the 2026-11-26 slice plus second seeds)
+#               `repro_cifar.py list SLICE` (default: the 2026-11-26 slice plus second seeds);
+#               checked before anything starts: an unknown name is an error, not a lost session
+#   SLICE       the grid the names come from: phase1 (default) or phase2, with LOSS (eps or hybrid:
+#               the Phase-2 grid is per loss) and, for its affinity-* cells, AFFINITY_MATRIX (the
+#               fixed O1 matrix of protocol change 5, e.g. benchmarks/results/repro/phase2_affinity/
+#               affinity-vanilla-eps-mean.npy; it travels with the working tree)
 #   STEPS       iterations per run (4000); EVAL_EVERY (2000); EVAL_N (5000)
 #   SETS        extra config overrides for every run, e.g. "train.compile=true"
 #   THROUGHPUT  1: GPU 0 measures trainer throughput (eager and compiled) instead of a group
@@ -69,6 +74,9 @@ NTG_PER_DEVICE=${NTG_PER_DEVICE:-1}
 NTG_SEEDS=${NTG_SEEDS:-"0,1"}
 NTG_SAMPLE_SEEDS=${NTG_SAMPLE_SEEDS:-0}
 RUN_GROUPS=${RUN_GROUPS:-"vanilla-eps-s0,timestep-uw-eps-s0 vanilla-hybrid-s0,timestep-uw-hybrid-s0 minsnr-eps-s0,p2-eps-s0 vanilla-eps-s1,timestep-uw-eps-s1"}
+SLICE=${SLICE:-phase1}
+LOSS=${LOSS:-}
+AFFINITY_MATRIX=${AFFINITY_MATRIX:-}
 read -r -a GROUP <<<"$RUN_GROUPS"
 C=${CARRY_DIR:-.carry/gpu}
 # Outside the working tree: a git-ignored folder in the repository root (.dev/) was gone at the
@@ -87,6 +95,39 @@ left() { # seconds of training left: this call's (90 s kept for the stop and the
 }
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+# The slice's grid: every run name must be in it, checked before anything trains.
+SLICE_ARGS=("$SLICE")
+case $SLICE in
+phase1) ;;
+phase2)
+    case $LOSS in
+    eps | hybrid) ;;
+    *) echo "SLICE=phase2 needs LOSS=eps or LOSS=hybrid (the Phase-2 grid is per loss)" >&2 && exit 2 ;;
+    esac
+    ;;
+*) echo "SLICE=$SLICE: phase1 or phase2" >&2 && exit 2 ;;
+esac
+[ -n "$LOSS" ] && SLICE_ARGS+=(--loss "$LOSS")
+if [ -n "$AFFINITY_MATRIX" ]; then
+    [ -f "$AFFINITY_MATRIX" ] || {
+        echo "AFFINITY_MATRIX=$AFFINITY_MATRIX is not a file (the O1 matrix of the affinity cells)" >&2
+        exit 2
+    }
+    SLICE_ARGS+=(--affinity "$(cd "$(dirname "$AFFINITY_MATRIX")" && pwd)/$(basename "$AFFINITY_MATRIX")")
+fi
+KNOWN=$("$PY" benchmarks/repro_cifar.py list "${SLICE_ARGS[@]}" | cut -d' ' -f1) || exit 2
+for r in ${RUN_GROUPS//,/ }; do
+    grep -qx -- "$r" <<<"$KNOWN" || {
+        echo "run $r is not in slice $SLICE${LOSS:+ (loss $LOSS)}: see benchmarks/repro_cifar.py list ${SLICE_ARGS[*]:0:3}" >&2
+        exit 2
+    }
+    case $r in
+    affinity-*) [ -n "$AFFINITY_MATRIX" ] || {
+        echo "run $r clusters by task affinity: set AFFINITY_MATRIX (protocol change 5's matrix)" >&2
+        exit 2
+    } ;;
+    esac
+done
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 if [ -n "$SMOKE" ]; then
     export PYTHONPATH=$PWD/src
@@ -155,7 +196,7 @@ read -r -a SET_ARGS <<<"$SETS"
 [ ${#SET_ARGS[@]} -gt 0 ] && EXTRA+=(--set "${SET_ARGS[@]}")
 
 repro() { # DEVICE RUNS
-    "$PY" benchmarks/repro_cifar.py train phase1 --only "$2" --devices "$1" --per-device 8 \
+    "$PY" benchmarks/repro_cifar.py train "${SLICE_ARGS[@]}" --only "$2" --devices "$1" --per-device 8 \
         --data "$DATA" --ref "$REF" --inception "$INCEPTION" --steps "$STEPS" \
         --eval-every "$EVAL_EVERY" --eval-n "$EVAL_N" --root "$D/repro" --results "$D/results" \
         --time-limit "$(left)" "${EXTRA[@]}" >>"$D/logs/repro_${1//:/}.log" 2>&1
@@ -278,7 +319,7 @@ running() { [ -n "$body" ] && kill -0 "$body" 2>/dev/null; }
 while running && [ $((SECONDS - START)) -lt $((BUDGET - 45)) ]; do sleep 2; done
 running && say "budget reached: bundling while the work is still running"
 say "collect and bundle"
-"$PY" benchmarks/repro_cifar.py collect phase1 --root "$D/repro" --results "$D/results" \
+"$PY" benchmarks/repro_cifar.py collect "${SLICE_ARGS[@]}" --root "$D/repro" --results "$D/results" \
     >>"$D/logs/collect.log" 2>&1
 "$PY" benchmarks/repro_cifar.py summary --root "$D/repro" --results "$D/results" \
     >>"$D/logs/collect.log" 2>&1

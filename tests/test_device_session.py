@@ -173,3 +173,68 @@ def test_o2_trains_the_specialists_beside_the_joint_and_measures_the_ntg(tmp_pat
         "O1: affinity" not in proc.stdout
         and not (dev / "results" / "affinity-vanilla-eps-s0").exists()
     )
+
+
+def test_phase2_affinity_cell_clusters_with_the_fixed_matrix(tmp_path: Path) -> None:
+    """SLICE=phase2: the run names come from the Phase-2 grid of LOSS, and an affinity cell
+    clusters with AFFINITY_MATRIX (protocol change 5's committed matrix, carried with the tree):
+    its clusters are the committed ones and its result file is named for the slice."""
+    root = SCRIPT.parents[1] / "benchmarks" / "results" / "repro" / "phase2_affinity"
+    env = {
+        **_smoke_env(tmp_path),
+        "SLICE": "phase2",
+        "LOSS": "eps",
+        "AFFINITY_MATRIX": str(root / "affinity-vanilla-eps-mean.npy"),
+        "RUN_GROUPS": "affinity-uw-eps-s0",
+        "STEPS": "2",
+        "EVAL_EVERY": "2",
+        "EVAL_N": "12",
+        "BUDGET": "300",
+        "AFFINITY_RUNS": "",
+    }
+    proc = subprocess.run(
+        ["bash", str(SCRIPT)], cwd=SCRIPT.parents[1], env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "slice finished" in proc.stdout
+    (bundle,) = (tmp_path / "out").glob("session_*.tar.gz")
+    with tarfile.open(bundle) as tar:
+        result = json.load(tar.extractfile("results/phase2-affinity-uw-eps-s0.json"))  # type: ignore[arg-type]
+        clusters = json.load(tar.extractfile("results/runs/affinity-uw-eps-s0/clusters.json"))  # type: ignore[arg-type]
+    committed = json.loads((root / "clusters-affinity-eps.json").read_text())
+    assert clusters["intervals"] == committed["intervals"] == [
+        [0, 78], [79, 180], [181, 477], [478, 779], [780, 999]
+    ]  # fmt: skip
+    assert result["slice"] == "phase2" and result["config"]["ant"]["cost"] == "affinity"
+
+
+def test_a_slice_that_cannot_run_as_asked_stops_before_any_training(tmp_path: Path) -> None:
+    """Unknown run names, a Phase-2 slice without its loss, an affinity cell without its matrix:
+    each is refused at once with the fix named, before a device second is spent."""
+    matrix = tmp_path / "none.npy"
+    cases = [
+        (
+            {"RUN_GROUPS": "vanilla-eps-s0,vanila-eps-s1"},
+            "run vanila-eps-s1 is not in slice phase1",
+        ),
+        ({"SLICE": "phase2", "RUN_GROUPS": "snr-uw-eps-s0"}, "needs LOSS=eps or LOSS=hybrid"),
+        (
+            {"SLICE": "phase2", "LOSS": "eps", "RUN_GROUPS": "snr-uw-hybrid-s0"},
+            "run snr-uw-hybrid-s0 is not in slice phase2 (loss eps)",
+        ),
+        (
+            {"SLICE": "phase2", "LOSS": "eps", "RUN_GROUPS": "snr-uw-eps-s0 affinity-uw-eps-s0"},
+            "set AFFINITY_MATRIX",
+        ),
+        ({"SLICE": "phase2", "LOSS": "eps", "AFFINITY_MATRIX": str(matrix)}, "is not a file"),
+        ({"SLICE": "phase3"}, "SLICE=phase3: phase1 or phase2"),
+    ]
+    for settings, message in cases:
+        env = {**_smoke_env(tmp_path), "BUDGET": "60", **settings}
+        proc = subprocess.run(
+            ["bash", str(SCRIPT)], cwd=SCRIPT.parents[1], env=env, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 2 and message in proc.stderr, (settings, proc.stderr[-2000:])
+        assert not (tmp_path / "dev" / "repro").exists()  # nothing trained
