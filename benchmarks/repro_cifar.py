@@ -511,6 +511,7 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
     # later ones are reported as repeats (the run-to-run spread at a fixed seed).
     seen: dict[tuple[str, int], tuple[str, float]] = {}
     repeats: list[dict[str, Any]] = []
+    n_source: dict[int, tuple[Any, Path]] = {}  # step -> (n, first file with a point there)
     for folder in a.sources:
         files = sorted(Path(folder).glob("phase*-*.json"))
         if not files:
@@ -523,7 +524,16 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
             for point in res["curve"]:
                 if point.get("fid") is None:
                     continue
-                key = (res["run"], int(point["step"]))
+                step, n = int(point["step"]), point.get("n")
+                first = n_source.setdefault(step, (n, f))
+                if first[0] != n:
+                    raise SystemExit(
+                        f"{f}: its point at step {step} has n = {n}, but {first[1]} has "
+                        f"n = {first[0]} there: FIDs of different sample counts have different "
+                        "floors and are not comparable; tabulate each n on its own (--from the "
+                        "folders of one n)"
+                    )
+                key = (res["run"], step)
                 if key in seen:
                     repeats.append({
                         "run": res["run"], "step": key[1],

@@ -221,6 +221,18 @@ def test_table_counts_a_run_repeated_in_a_later_folder_once_and_lists_the_repeat
     assert "vanilla-eps (seeds [0, 1])" in md
     assert f"| vanilla-eps-s0 | 5000 | 42.5 ({long}) | 43.2 ({short}) |" in md
 
+    # a Phase-2 point at the same step but n = 10,000 is not the same measurement: refused
+    final = tmp_path / "final"
+    final.mkdir()
+    pts = [{"step": 5000, "n": 10000, "fid": 41.0, "precision": 0.5, "recall": 0.3}]
+    (final / "phase2-vanilla-eps-s0.json").write_text(
+        json.dumps({"run": "vanilla-eps-s0", "seed": 0, "curve": pts})
+    )
+    bad = subprocess.run(cmd[:-2] + [str(final), "--results", str(out)], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert bad.returncode != 0 and "has n = 10000" in bad.stderr
+    assert "tabulate each n on its own" in bad.stderr
+
 
 def test_table_adds_o2_over_training_seeds_from_the_ntg_results_of_each_session(tmp_path):
     from antdiff.analysis.ntg import FIDMeasurement, compute_ntg
