@@ -27,6 +27,14 @@ def _smoke_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
+def _session(env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """One call of the script from the repository root, output captured."""
+    return subprocess.run(
+        ["bash", str(SCRIPT)], cwd=SCRIPT.parents[1], env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
 def test_device_session_dry_run_trains_evaluates_and_bundles(tmp_path: Path) -> None:
     env = {
         **_smoke_env(tmp_path),
@@ -38,14 +46,7 @@ def test_device_session_dry_run_trains_evaluates_and_bundles(tmp_path: Path) -> 
         "SETS": "train.log_every=1",
         "AFFINITY_BINS": "10",
     }
-    proc = subprocess.run(
-        ["bash", str(SCRIPT)],
-        cwd=SCRIPT.parents[1],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = _session(env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "slice finished" in proc.stdout
     (bundle,) = (tmp_path / "out").glob("session_*.tar.gz")
@@ -62,10 +63,7 @@ def test_device_session_dry_run_trains_evaluates_and_bundles(tmp_path: Path) -> 
     assert any(n.startswith("results/runs/vanilla-eps-s0/") and n.endswith(".png") for n in names)
     assert result["config"]["train"]["log_every"] == 1  # SETS reached the run's config
     # A second call finds the run finished and the affinity done: it only bundles again.
-    again = subprocess.run(
-        ["bash", str(SCRIPT)], cwd=SCRIPT.parents[1], env=env, capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
+    again = _session(env)
     assert again.returncode == 0 and "slice finished" in again.stdout
     assert (
         "O1: affinity" not in again.stdout
@@ -94,10 +92,7 @@ def test_detached_work_outlives_the_call_and_stops_at_the_deadline(tmp_path: Pat
     dev = tmp_path / "dev"
 
     def call(budget: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["bash", str(SCRIPT)], cwd=SCRIPT.parents[1], env={**env, "BUDGET": budget},
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+        return _session({**env, "BUDGET": budget})
 
     first = call("50")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -139,10 +134,7 @@ def test_o2_trains_the_specialists_beside_the_joint_and_measures_the_ntg(tmp_pat
         "NTG_PER_DEVICE": "2",
         "NTG_SEEDS": "0",
     }
-    proc = subprocess.run(
-        ["bash", str(SCRIPT)], cwd=SCRIPT.parents[1], env=env, capture_output=True, text=True,
-        timeout=900,
-    )  # fmt: skip
+    proc = _session(env, timeout=900)
     dev = tmp_path / "dev"
     logs = "".join(f.read_text() for f in (dev / "logs").glob("ntg*.log"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + logs[-3000:]
@@ -192,10 +184,7 @@ def test_phase2_affinity_cell_clusters_with_the_fixed_matrix(tmp_path: Path) -> 
         "BUDGET": "300",
         "AFFINITY_RUNS": "",
     }
-    proc = subprocess.run(
-        ["bash", str(SCRIPT)], cwd=SCRIPT.parents[1], env=env, capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
+    proc = _session(env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "slice finished" in proc.stdout
     (bundle,) = (tmp_path / "out").glob("session_*.tar.gz")
@@ -232,9 +221,6 @@ def test_a_slice_that_cannot_run_as_asked_stops_before_any_training(tmp_path: Pa
     ]
     for settings, message in cases:
         env = {**_smoke_env(tmp_path), "BUDGET": "60", **settings}
-        proc = subprocess.run(
-            ["bash", str(SCRIPT)], cwd=SCRIPT.parents[1], env=env, capture_output=True, text=True,
-            timeout=120,
-        )  # fmt: skip
+        proc = _session(env, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr, (settings, proc.stderr[-2000:])
         assert not (tmp_path / "dev" / "repro").exists()  # nothing trained
