@@ -386,6 +386,19 @@ PAPER_NTG_ADM = {(0, 199): 4.6, (200, 399): 0.15, (400, 599): -1.6, (600, 799): 
                  (800, 999): -7.6}  # fmt: skip
 
 
+def _iterations(folder: Path, run: str) -> int | None:
+    """A run's iterations from its result file in ``folder``, else from its copied training log
+    (``runs/<run>/metrics.jsonl``: an O2 joint without periodic evaluation has no result file)."""
+    for result in sorted(folder.glob(f"phase*-{run}.json")):
+        return json.loads(result.read_text()).get("iterations")
+    if (folder / "runs" / run / "metrics.jsonl").exists():
+        from antdiff.analysis.logs import read_training_log
+
+        steps = read_training_log(folder / "runs" / run).steps
+        return int(steps[-1]) if steps.size else None
+    return None
+
+
 def ntg_across_seeds(folders: list[str | Path]) -> dict[str, dict[str, Any]]:
     """O2 over training seeds: every ``ntg-<run>/ntg.json`` (``antdiff ntg`` of a joint run and
     the specialists of its session) in ``folders``, grouped by the joint's cell. A session's
@@ -407,8 +420,7 @@ def ntg_across_seeds(folders: list[str | Path]) -> dict[str, dict[str, Any]]:
             table = NTGTable.load(f)
             cell = _method_of(run)
             tail = run.rpartition("-s")[2]
-            result = Path(folder) / f"phase1-{run}.json"
-            its = json.loads(result.read_text()).get("iterations") if result.exists() else None
+            its = _iterations(Path(folder), run)
             c = cells.setdefault(cell, {
                 "seeds": [], "runs": [], "intervals": [list(iv) for iv in table.intervals],
                 "ntg": [[] for _ in table.rows], "fid_hybrid": [[] for _ in table.rows],
@@ -492,6 +504,35 @@ def _plot_ntg_across_seeds(cells: dict[str, dict[str, Any]], path: Path) -> Path
     return plot_ntg(tables, path, title="NTG per interval (bars: std over training seeds)")
 
 
+def _plot_fid_curves(rows: dict[str, dict[int, dict[str, list[float]]]], path: Path) -> Path:
+    """FID against iterations: mean over seeds, bars spanning their range; one colour per
+    method, dashed for the hybrid loss."""
+    from antdiff.plots import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    methods = sorted({c.rsplit("-", 1)[0] for c in rows})
+    for c, by_step in sorted(rows.items()):
+        st = sorted(by_step)
+        fid = [by_step[x]["fid"] for x in st]
+        method, _, loss = c.rpartition("-")
+        color = plt.get_cmap("tab10")(methods.index(method or c) % 10)
+        mean = np.array([np.mean(v) for v in fid])
+        spread = [mean - [min(v) for v in fid], [max(v) for v in fid] - mean]
+        ax.errorbar(
+            st, mean, yerr=spread, marker="o", ms=3, lw=1.2, capsize=3, color=color, label=c,
+            ls="--" if loss == "hybrid" else "-",
+        )  # fmt: skip
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("FID (EMA, DDIM-100)")
+    ax.legend(fontsize=7)
+    ax.set_title("FID during training (mean over seeds, bars: their range)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def tabulate(a: argparse.Namespace) -> list[Path]:
     """Table-1-shaped results from result JSONs (``collect``'s files) in ``--from`` folders:
     for each evaluated step, every cell's FID, precision and recall as the mean over its seeds ±
@@ -502,7 +543,8 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
     training the same config and seed again) counts once: the first folder's points and run
     folder are kept and the others' points listed as repeats. NTG results in the folders
     (``ntg-<run>/ntg.json``) add the O2 table over training seeds (:func:`ntg_across_seeds`) and
-    ``ntg.png``. Writes ``table.md``, ``table.json`` and ``fid_curves.png`` to ``--results``."""
+    ``ntg.png``; a folder may hold NTG results alone. Writes ``table.md``, ``table.json`` and
+    (with FID points) ``fid_curves.png`` to ``--results``."""
     rows: dict[str, dict[int, dict[str, list[float]]]] = {}
     seeds: dict[str, list[int]] = {}
     meta: dict[int, dict[str, Any]] = {}
@@ -514,8 +556,11 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
     n_source: dict[int, tuple[Any, Path]] = {}  # step -> (n, first file with a point there)
     for folder in a.sources:
         files = sorted(Path(folder).glob("phase*-*.json"))
-        if not files:
-            raise SystemExit(f"no result files (phase*-*.json) in {folder}; run `collect` first")
+        if not files and not any(Path(folder).glob("ntg-*/ntg.json")):
+            # (an O2 session whose joints skip periodic evaluation has only NTG results)
+            raise SystemExit(
+                f"no result files (phase*-*.json or ntg-*/ntg.json) in {folder}; run `collect` first"
+            )
         for f in files:
             res = json.loads(f.read_text())
             cell = _method_of(res["run"])
@@ -549,7 +594,8 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                 meta.setdefault(
                     int(point["step"]), {"n": point.get("n"), "floor": point.get("floor")}
                 )
-    if not rows:
+    ntg = ntg_across_seeds(a.sources)
+    if not rows and not ntg:
         raise SystemExit("the result files hold no evaluated point")
     best_is_low = {"fid": True, "precision": False, "recall": False}
     out = Path(a.results)
@@ -592,11 +638,12 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
             lines.append(f"| {c} | {len(cells[c]['fid'])} | " + " | ".join(shown) + " |")
             table[str(step)][c] = {k: cells[c][k] for k in cells[c]}
         lines.append("")
-    lines.append(
-        "Mean over seeds ± half their range, each seed's value in brackets; best mean per column "
-        "in bold. Cells: "
-        + ", ".join(f"{c} (seeds {sorted(set(s))})" for c, s in sorted(seeds.items()))
-    )
+    if rows:
+        lines.append(
+            "Mean over seeds ± half their range, each seed's value in brackets; best mean per "
+            "column in bold. Cells: "
+            + ", ".join(f"{c} (seeds {sorted(set(s))})" for c, s in sorted(seeds.items()))
+        )
     mean_fid = {
         c: {st: float(np.mean(v["fid"])) for st, v in by_step.items() if v.get("fid")}
         for c, by_step in rows.items()
@@ -656,7 +703,6 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
         for r, v in ratios.items():
             shown = ", ".join(f"{x:.2f}" for x in v["last"])
             lines.append(f"| {r} | {v['vanilla']} | {v['steps'][-1]} | {shown} |")
-    ntg = ntg_across_seeds(a.sources)
     if ntg:
         lines += _ntg_lines(ntg)
     (out / "table.md").write_text("\n".join(lines) + "\n")
@@ -680,27 +726,9 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
     from antdiff.plots import pyplot
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    methods = sorted({c.rsplit("-", 1)[0] for c in rows})
-    for c, by_step in sorted(rows.items()):
-        st = sorted(by_step)
-        fid = [by_step[x]["fid"] for x in st]
-        method, _, loss = c.rpartition("-")
-        color = plt.get_cmap("tab10")(methods.index(method or c) % 10)
-        mean = np.array([np.mean(v) for v in fid])
-        spread = [mean - [min(v) for v in fid], [max(v) for v in fid] - mean]
-        ax.errorbar(
-            st, mean, yerr=spread, marker="o", ms=3, lw=1.2, capsize=3, color=color, label=c,
-            ls="--" if loss == "hybrid" else "-",
-        )  # fmt: skip
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("FID (EMA, DDIM-100)")
-    ax.legend(fontsize=7)
-    ax.set_title("FID during training (mean over seeds, bars: their range)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / "fid_curves.png", dpi=120)
-    plt.close(fig)
-    written = [out / "table.md", out / "table.json", out / "fid_curves.png"]
+    written = [out / "table.md", out / "table.json"]
+    if rows:
+        written.append(_plot_fid_curves(rows, out / "fid_curves.png"))
     if ntg:
         written.append(_plot_ntg_across_seeds(ntg, out / "ntg.png"))
     if ratios:

@@ -278,6 +278,25 @@ def test_table_adds_o2_over_training_seeds_from_the_ntg_results_of_each_session(
     assert "| paper, ADM (Fig. 2, read from the chart) | — | — | +4.60 |" in o2
     assert (out / "ntg.png").stat().st_size > 1000
 
+    # an O2 session whose joints skipped periodic evaluation has NTG results and the copied
+    # training log, no result file: tabulated alone, its iterations read from the log
+    only = tmp_path / "o2-only"
+    session(only, "vanilla-hybrid-s3", 3, 40.0, [42.0, 40.0, 39.0, 37.0, 36.0])
+    (only / "phase1-vanilla-hybrid-s3.json").unlink()
+    (only / "runs" / "vanilla-hybrid-s3").mkdir(parents=True)
+    (only / "runs" / "vanilla-hybrid-s3" / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": st, "loss": 0.1}) + "\n" for st in (4900, 5000))
+    )
+    out2 = tmp_path / "table-o2"
+    proc = subprocess.run(
+        [sys.executable, str(DRIVER), "table", "--from", str(only), "--results", str(out2)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    o2 = json.loads((out2 / "table.json").read_text())["ntg"]["vanilla-hybrid"]
+    assert o2["ntg"][0] == [2.0] and o2["joint_iterations"] == [5000]
+    assert (out2 / "ntg.png").exists() and not (out2 / "fid_curves.png").exists()
+
     # a seed measured on other intervals cannot be averaged with the first: a clear error
     bad = tmp_path / "o2-bad"
     bad.mkdir()
