@@ -153,6 +153,7 @@ class Bundle:
     objective: Any
     codec: Any = None
     config: dict = field(default_factory=dict)
+    step: int = 0
 
 
 def test_measure_ntg_is_resumable_sharded_and_pairs_seeds(tmp_path):
@@ -160,11 +161,12 @@ def test_measure_ntg_is_resumable_sharded_and_pairs_seeds(tmp_path):
 
     objective = DiffusionObjective(NoiseSchedule.from_name("linear", T))
     models = {"joint": Constant(0.0), "s0": Constant(0.9), "s1": Constant(-0.5)}
+    steps = {"joint": 5000, "s0": 4900, "s1": 5100}
     loads: list[str] = []
 
     def load_fn(run: Path, use_ema: bool, device: str) -> Bundle:
         loads.append(Path(run).name)
-        return Bundle(models[Path(run).name], objective)
+        return Bundle(models[Path(run).name], objective, step=steps[Path(run).name])
 
     def fid_fn(images: np.ndarray) -> dict:
         return {"fid": float(images.astype(np.float64).mean()), "n_gen": len(images), "floor": 1.5}
@@ -206,6 +208,11 @@ def test_measure_ntg_is_resumable_sharded_and_pairs_seeds(tmp_path):
     by_key = {m["key"]: m["measurement"]["fid"] for m in ms}
     assert by_key["0-499/r0/s1"] - by_key["joint/s1"] == pytest.approx(table.rows[0].values[1])
     assert (out / "ntg.json").exists() and "NTG (FID)" in (out / "ntg.md").read_text()
+    # Provenance: the card and each model's training step, per interval, reach the table.
+    meta = json.loads((out / "ntg.json").read_text())["meta"]
+    assert meta["cards"] == ["cpu"] and meta["joint_steps"] == [5000]
+    assert meta["specialist_steps"] == {"0-499": [4900], "500-999": [5100]}
+    assert meta["antdiff_version"] and meta["torch_version"]
     # Everything is measured: a rerun loads nothing and returns the same table.
     loads.clear()
     again = measure_ntg(setup, out, load_fn=load_fn, fid_fn=fid_fn, sample_fn=sample_images)

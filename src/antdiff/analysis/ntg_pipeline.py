@@ -435,6 +435,29 @@ class NTGSetup:
         }
 
 
+def _provenance(setup: NTGSetup, measured: Sequence[FIDMeasurement]) -> dict[str, Any]:
+    """The setup plus what the measurements recorded: the cards, the training step of the
+    joint model and of each specialist, and the antdiff and torch versions."""
+    import torch
+
+    from .. import __version__
+
+    def seen(key: str, ms: Sequence[FIDMeasurement]) -> list[Any]:
+        return sorted({m.extra[key] for m in ms if m.extra.get(key) is not None})
+
+    return {
+        **setup.describe(),
+        "cards": seen("card", measured),
+        "joint_steps": seen("joint_step", measured),
+        "specialist_steps": {
+            f"{a}-{b}": seen("specialist_step", [m for m in measured if m.interval == (a, b)])
+            for a, b in sorted(setup.specialists)
+        },
+        "antdiff_version": __version__,
+        "torch_version": torch.__version__,
+    }
+
+
 def _read_measurements(out: Path) -> dict[str, FIDMeasurement]:
     got: dict[str, FIDMeasurement] = {}
     for f in sorted(out.glob("measurements*.jsonl")):
@@ -630,10 +653,17 @@ def measure_ntg(
             autocast_dtype=dtype,
         )
 
+        card = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
+
         def record(job: tuple[Any, ...], images: np.ndarray, seconds: float, **extra: Any) -> None:
             key, iv, r, run, s = job
             t0 = time.perf_counter()
             res = fid_fn(images)
+            # Provenance: which card measured it, and the training step of each model it used
+            # (the table's "same budget" claim is checked from these, not assumed).
+            steps = {"joint_step": getattr(joint, "step", None)}
+            if run is not None and run in cache:
+                steps["specialist_step"] = getattr(cache[run], "step", None)
             m = FIDMeasurement(
                 fid=float(res["fid"]),
                 sampling_seed=s,
@@ -644,6 +674,8 @@ def measure_ntg(
                 extra={
                     "seconds": round(seconds + time.perf_counter() - t0, 2),
                     "run": None if run is None else str(run),
+                    "card": card,
+                    **steps,
                     **extra,
                 },
             )
@@ -684,9 +716,8 @@ def measure_ntg(
     if left:
         say(f"{len(left)} measurement(s) still missing (other shards): {left[:4]}")
         return None
-    table = compute_ntg(
-        [done[j[0]] for j in jobs], sorted(setup.specialists), meta=setup.describe()
-    )
+    measured = [done[j[0]] for j in jobs]
+    table = compute_ntg(measured, sorted(setup.specialists), meta=_provenance(setup, measured))
     table.save(out / "ntg.json")
     (out / "ntg.md").write_text(table.to_markdown())
     return table
