@@ -192,6 +192,12 @@ else
     EXTRA=()
 fi
 export ANTDIFF_INCEPTION=$INCEPTION
+# What the session ran on (cards, versions, commit, source digest), once: NTG and O1 results
+# have no result file of their own that names the card.
+if [ "$ROLE" = call ] && [ ! -f "$D/results/environment.json" ]; then
+    "$PY" benchmarks/repro_cifar.py environment --results "$D/results" >/dev/null ||
+        say "warning: environment.json not written"
+fi
 read -r -a SET_ARGS <<<"$SETS"
 [ ${#SET_ARGS[@]} -gt 0 ] && EXTRA+=(--set "${SET_ARGS[@]}")
 

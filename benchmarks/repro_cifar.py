@@ -425,6 +425,7 @@ def ntg_across_seeds(folders: list[str | Path]) -> dict[str, dict[str, Any]]:
                 "seeds": [], "runs": [], "intervals": [list(iv) for iv in table.intervals],
                 "ntg": [[] for _ in table.rows], "fid_hybrid": [[] for _ in table.rows],
                 "fid_joint": [], "n": table.n, "floor": table.floor, "joint_iterations": [],
+                "specialist_iterations": [], "cards": [],
             })  # fmt: skip
             if c["intervals"] != [list(iv) for iv in table.intervals]:
                 raise SystemExit(
@@ -437,6 +438,10 @@ def ntg_across_seeds(folders: list[str | Path]) -> dict[str, dict[str, Any]]:
             c["runs"].append(f"{folder}/{f.parent.name}")
             c["fid_joint"].append(table.fid_joint_mean)
             c["joint_iterations"].append(its)
+            # recorded by antdiff ntg since 2026-11-26 (older tables: unknown)
+            spec = table.meta.get("specialist_steps") or {}
+            c["specialist_iterations"].append(sorted({x for v in spec.values() for x in v}))
+            c["cards"] += [x for x in table.meta.get("cards", []) if x not in c["cards"]]
             for i, row in enumerate(table.rows):
                 c["ntg"][i].append(row.mean)
                 c["fid_hybrid"][i].append(row.fid_hybrid_mean)
@@ -481,10 +486,12 @@ def _ntg_lines(cells: dict[str, dict[str, Any]]) -> list[str]:
     lines.append("")
     for cell, c in sorted(cells.items()):
         its = ", ".join("?" if i is None else str(i) for i in c["joint_iterations"])
+        spec = ", ".join("/".join(map(str, v)) or "?" for v in c["specialist_iterations"])
         floor = f", FID floor {c['floor']:.2f}" if c["floor"] is not None else ""
+        cards = f"; measured on {', '.join(c['cards'])}" if c["cards"] else ""
         lines.append(
-            f"- {cell}: n = {c['n']}{floor}; joint iterations per seed: {its}; from "
-            + ", ".join(f"`{r}`" for r in c["runs"])
+            f"- {cell}: n = {c['n']}{floor}; joint iterations per seed: {its}; specialists' "
+            f"iterations per seed: {spec}{cards}; from " + ", ".join(f"`{r}`" for r in c["runs"])
         )
     return lines
 
@@ -763,11 +770,45 @@ def _card() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
+def environment(a: argparse.Namespace) -> list[Path]:
+    """``results/environment.json``: what a session ran on — every visible card, the versions of
+    the packages that train and evaluate, the commit and the source digest. Result files name
+    the card themselves; this covers what has no result file of its own (NTG, O1, logs)."""
+    import importlib.metadata as md
+    import platform
+
+    import torch
+
+    def version(pkg: str) -> str | None:
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    env = {
+        "cards": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        or ["cpu"],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "packages": {p: version(p) for p in ("diffusers", "torchjd", "cvxpy", "clarabel")},
+        "git_commit": _git_commit(),
+        "source_digest": source_digest(),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    path = Path(a.results) / "environment.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(env, indent=1) + "\n")
+    return [path]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("action", choices=["list", "train", "collect", "summary", "table"])
+    ap.add_argument(
+        "action", choices=["list", "train", "collect", "summary", "table", "environment"]
+    )
     ap.add_argument("slice", nargs="?", default="phase1", choices=["phase1", "phase2"])
     ap.add_argument("--loss", default="hybrid", choices=list(LOSSES), help="phase 2 loss")
     ap.add_argument("--only", default=None, help="comma-separated run names of the slice")
@@ -810,7 +851,12 @@ def main() -> None:
         return
     if a.action == "table" and not a.sources:
         raise SystemExit("table needs --from DIR [DIR ...] (folders of result JSONs)")
-    writers = {"summary": summarize, "table": tabulate, "collect": collect}
+    writers = {
+        "summary": summarize,
+        "table": tabulate,
+        "collect": collect,
+        "environment": environment,
+    }
     if a.action in writers:
         for p in writers[a.action](a):
             print(f"wrote {p}")

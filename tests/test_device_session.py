@@ -53,6 +53,8 @@ def test_device_session_dry_run_trains_evaluates_and_bundles(tmp_path: Path) -> 
     with tarfile.open(bundle) as tar:
         names = set(tar.getnames())
         result = json.load(tar.extractfile("results/phase1-vanilla-eps-s0.json"))  # type: ignore[arg-type]
+        env_json = json.load(tar.extractfile("results/environment.json"))  # type: ignore[arg-type]
+    assert env_json["cards"] == ["cpu"] and len(env_json["source_digest"]) == 64
     assert {
         "results/summary.md",
         "results/runs/vanilla-eps-s0/metrics.jsonl",

@@ -239,7 +239,7 @@ def test_table_adds_o2_over_training_seeds_from_the_ntg_results_of_each_session(
 
     intervals = [(0, 199), (200, 399), (400, 599), (600, 799), (800, 999)]
 
-    def session(folder, run, seed, joint, hybrids, iterations=5000):
+    def session(folder, run, seed, joint, hybrids, iterations=5000, meta=None):
         folder.mkdir(exist_ok=True)
         pts = [{"step": 5000, "n": 5000, "fid": joint, "precision": 0.5, "recall": 0.3}]
         (folder / f"phase1-{run}.json").write_text(json.dumps(
@@ -249,10 +249,12 @@ def test_table_adds_o2_over_training_seeds_from_the_ntg_results_of_each_session(
             FIDMeasurement(h, 0, iv, specialist_seed=seed, n=5000, floor=5.8)
             for iv, h in zip(intervals, hybrids)
         ]
-        compute_ntg(ms, intervals).save(folder / f"ntg-{run}")
+        compute_ntg(ms, intervals, meta=meta).save(folder / f"ntg-{run}")
 
     s0, s1 = tmp_path / "o2-s0", tmp_path / "o2-s1"
-    session(s0, "vanilla-hybrid-s0", 0, 40.0, [44.0, 40.5, 39.0, 35.0, 33.0])
+    steps = {f"{a}-{b}": [5000] for a, b in intervals}  # what antdiff ntg records
+    session(s0, "vanilla-hybrid-s0", 0, 40.0, [44.0, 40.5, 39.0, 35.0, 33.0],
+            meta={"specialist_steps": steps, "cards": ["NVIDIA H100 80GB HBM3"]})  # fmt: skip
     session(s1, "vanilla-hybrid-s1", 1, 42.0, [45.0, 42.0, 41.0, 38.0, 36.0])
     session(s0, "timestep-uw-hybrid-s0", 0, 50.0, [51.0, 50.0, 49.0, 48.0, 47.0])
     out = tmp_path / "table"
@@ -276,6 +278,8 @@ def test_table_adds_o2_over_training_seeds_from_the_ntg_results_of_each_session(
     ) in o2
     assert "| timestep-uw-hybrid | 1 | 50.0 | +1.0 | +0.0 | -1.0 | -2.0 | -3.0 |" in o2
     assert "| paper, ADM (Fig. 2, read from the chart) | — | — | +4.60 |" in o2
+    # provenance where the NTG recorded it; seed 1's older table did not ("?")
+    assert "specialists' iterations per seed: 5000, ?; measured on NVIDIA H100 80GB HBM3" in o2
     assert (out / "ntg.png").stat().st_size > 1000
 
     # an O2 session whose joints skipped periodic evaluation has NTG results and the copied
