@@ -218,3 +218,31 @@ def test_conflicts_from_the_real_pcgrad_record(tmp_path):
     c = read_training_log(root).conflicts()
     assert c[0, 0, 3] == 1 and c[0, 1, 2] == 0 and c[0, 0, 1] == 0
     assert c[1, 0, 3] == 1 and np.isnan(c[1, 0, 2]) and np.isnan(c[1, 2, 3])
+
+
+def test_ntg_bars_carry_error_bars_only_where_there_is_a_spread(tmp_path, monkeypatch):
+    """One (specialist seed, sampling seed) pair has no std: no zero-length cap that reads as an
+    exact value; two pairs give the sample std as the error bar."""
+    import matplotlib.axes
+
+    seen = []
+    real_bar = matplotlib.axes.Axes.bar
+
+    def bar(self, *args, **kwargs):
+        seen.append(kwargs.get("yerr"))
+        return real_bar(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", bar)
+    single = compute_ntg([FIDMeasurement(10.0, 0), FIDMeasurement(9.0, 0, (0, 999))])
+    paired = compute_ntg(
+        [
+            FIDMeasurement(10.0, 0),
+            FIDMeasurement(12.0, 1),
+            FIDMeasurement(9.0, 0, (0, 999)),
+            FIDMeasurement(10.0, 1, (0, 999)),
+        ]
+    )
+    assert _is_png(P.plot_ntg({"one": single, "two": paired}, tmp_path / "ntg.png"))
+    assert seen[0] is None
+    assert seen[1] is not None and np.allclose(seen[1], [paired.rows[0].std])
+    assert paired.rows[0].std == pytest.approx(np.std([-1.0, -2.0], ddof=1))

@@ -281,12 +281,14 @@ def plot_ntg(
     for m, (label, t) in enumerate(tabs.items()):
         rows = {r.interval: r for r in t.rows}
         ys = np.array([rows[iv].mean if iv in rows else np.nan for iv in intervals])
-        es = np.array([(rows[iv].std or 0.0) if iv in rows else 0.0 for iv in intervals])
+        # no bar where there is no spread (one pair): a zero-length cap would read as "exact"
+        stds = [rows[iv].std if iv in rows else None for iv in intervals]
+        es = np.array([np.nan if v is None else v for v in stds], dtype=float)
         ax.bar(
             x - 0.4 + width * (m + 0.5),
             ys,
             width,
-            yerr=es,
+            yerr=es if np.isfinite(es).any() else None,
             capsize=3,
             color=colours(m % 10),
             label=label,
