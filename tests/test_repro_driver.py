@@ -49,6 +49,11 @@ def test_grid_lists_the_protocol():
         check=True,
     ).stdout
     assert "logsnr-pcgrad-eps-s1" in out2 and "timestep-uw+p2-eps-s0" in out2
+    # protocol change 7: every Nash/PCGrad run, and only those, uses the engine's vmap mode
+    rows = [line.split() for line in [*out, *out2.splitlines()]]
+    for row in rows:
+        gradient_balancer = "-nash-" in row[0] or "-pcgrad-" in row[0]
+        assert ("ant.engine=vmap" in row) == gradient_balancer, row
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
