@@ -485,6 +485,19 @@ def _ntg_lines(cells: dict[str, dict[str, Any]]) -> list[str]:
             + " | ".join(f"{v:+.2f}" for v in PAPER_NTG_ADM.values())
             + " |"
         )
+    lines += [
+        "",
+        "FID of each hybrid (specialist on I, joint model elsewhere; same mean ± half range). The "
+        "joint models of one session share their specialists and initial noise, so a column "
+        "compares the joint models on the other intervals directly.",
+        "",
+        "| joint model | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
+    for cell, c in sorted(cells.items()):
+        lines.append(
+            f"| {cell} | " + " | ".join(pm(v, signed=False) for v in c["fid_hybrid"]) + " |"
+        )
     lines.append("")
     for cell, c in sorted(cells.items()):
         its = ", ".join("?" if i is None else str(i) for i in c["joint_iterations"])

@@ -282,6 +282,9 @@ def test_table_adds_o2_over_training_seeds_from_the_ntg_results_of_each_session(
         "-6.5 ± 0.5 (-7.0, -6.0) |"
     ) in o2
     assert "| timestep-uw-hybrid | 1 | 50.0 | +1.0 | +0.0 | -1.0 | -2.0 | -3.0 |" in o2
+    # the hybrids' own FIDs, per joint model: seed 0's [1, 200] hybrid 44, seed 1's 45
+    assert "| vanilla-hybrid | 44.5 ± 0.5 (44.0, 45.0) | 41.2 ± 0.8 (40.5, 42.0) |" in o2
+    assert "| timestep-uw-hybrid | 51.0 | 50.0 | 49.0 | 48.0 | 47.0 |" in o2
     assert "| paper, ADM (Fig. 2, read from the chart) | — | — | +4.60 |" in o2
     # provenance where the NTG recorded it; seed 1's older table did not ("?")
     assert "specialists' iterations per seed: 5000, ?; measured on NVIDIA H100 80GB HBM3" in o2
