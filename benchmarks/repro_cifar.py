@@ -450,6 +450,15 @@ def ntg_across_seeds(folders: list[str | Path]) -> dict[str, dict[str, Any]]:
     return cells
 
 
+def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table: header, separator, one line per row."""
+    return [
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+
+
 def _ntg_lines(cells: dict[str, dict[str, Any]]) -> list[str]:
     """The O2 section of ``table.md``: one row per joint cell, one column per interval."""
     intervals = next(iter(cells.values()))["intervals"]
@@ -462,6 +471,18 @@ def _ntg_lines(cells: dict[str, dict[str, Any]]) -> list[str]:
             return f"{m:{f}}"
         return f"{m:{f}} ± {half:.1f} (" + ", ".join(f"{v:{f}}" for v in x) + ")"
 
+    ntg_rows = [
+        [cell, str(len(c["seeds"])), pm(c["fid_joint"], signed=False), *map(pm, c["ntg"])]
+        for cell, c in sorted(cells.items())
+    ]
+    if [tuple(iv) for iv in intervals] == list(PAPER_NTG_ADM):
+        ntg_rows.append(
+            ["paper, ADM (Fig. 2, read from the chart)", "—", "—"]
+            + [f"{v:+.2f}" for v in PAPER_NTG_ADM.values()]
+        )
+    hybrid_rows = [
+        [cell, *(pm(v, signed=False) for v in c["fid_hybrid"])] for cell, c in sorted(cells.items())
+    ]
     lines = [
         "",
         "### O2: negative transfer gap per interval",
@@ -470,34 +491,14 @@ def _ntg_lines(cells: dict[str, dict[str, Any]]) -> list[str]:
         "transfer. Mean over training seeds (each seed: its joint model and its specialists) ± "
         "half their range, each seed's value in brackets.",
         "",
-        "| joint model | seeds | joint FID | " + " | ".join(labels) + " |",
-        "|---|---|---|" + "---|" * len(labels),
-    ]
-    for cell, c in sorted(cells.items()):
-        lines.append(
-            f"| {cell} | {len(c['seeds'])} | {pm(c['fid_joint'], signed=False)} | "
-            + " | ".join(pm(v) for v in c["ntg"])
-            + " |"
-        )
-    if [tuple(iv) for iv in intervals] == list(PAPER_NTG_ADM):
-        lines.append(
-            "| paper, ADM (Fig. 2, read from the chart) | — | — | "
-            + " | ".join(f"{v:+.2f}" for v in PAPER_NTG_ADM.values())
-            + " |"
-        )
-    lines += [
+        *_md_table(["joint model", "seeds", "joint FID", *labels], ntg_rows),
         "",
         "FID of each hybrid (specialist on I, joint model elsewhere; same mean ± half range). The "
         "joint models of one session share their specialists and initial noise, so a column "
         "compares the joint models on the other intervals directly.",
         "",
-        "| joint model | " + " | ".join(labels) + " |",
-        "|---|" + "---|" * len(labels),
+        *_md_table(["joint model", *labels], hybrid_rows),
     ]
-    for cell, c in sorted(cells.items()):
-        lines.append(
-            f"| {cell} | " + " | ".join(pm(v, signed=False) for v in c["fid_hybrid"]) + " |"
-        )
     lines.append("")
     for cell, c in sorted(cells.items()):
         its = ", ".join("?" if i is None else str(i) for i in c["joint_iterations"])
