@@ -505,9 +505,23 @@ def _ntg_lines(cells: dict[str, dict[str, Any]]) -> list[str]:
         spec = ", ".join("/".join(map(str, v)) or "?" for v in c["specialist_iterations"])
         floor = f", FID floor {c['floor']:.2f}" if c["floor"] is not None else ""
         cards = f"; measured on {', '.join(c['cards'])}" if c["cards"] else ""
+        # the protocol's specialists train at the joint model's budget: say so where they did not
+        unequal = [
+            str(seed)
+            for seed, joint, spec_its in zip(
+                c["seeds"], c["joint_iterations"], c["specialist_iterations"]
+            )
+            if joint is not None and spec_its and spec_its != [joint]
+        ]
+        warn = (
+            f" — **seed(s) {', '.join(unequal)}: specialists not at the joint model's iterations**"
+            if unequal
+            else ""
+        )
         lines.append(
             f"- {cell}: n = {c['n']}{floor}; joint iterations per seed: {its}; specialists' "
-            f"iterations per seed: {spec}{cards}; from " + ", ".join(f"`{r}`" for r in c["runs"])
+            f"iterations per seed: {spec}{cards}{warn}; from "
+            + ", ".join(f"`{r}`" for r in c["runs"])
         )
     return lines
 

@@ -261,7 +261,9 @@ def test_table_adds_o2_over_training_seeds_from_the_ntg_results_of_each_session(
     session(s0, "vanilla-hybrid-s0", 0, 40.0, [44.0, 40.5, 39.0, 35.0, 33.0],
             meta={"specialist_steps": steps, "cards": ["NVIDIA H100 80GB HBM3"]})  # fmt: skip
     session(s1, "vanilla-hybrid-s1", 1, 42.0, [45.0, 42.0, 41.0, 38.0, 36.0])
-    session(s0, "timestep-uw-hybrid-s0", 0, 50.0, [51.0, 50.0, 49.0, 48.0, 47.0])
+    short = {f"{a}-{b}": [4000] for a, b in intervals}  # specialists stopped early
+    session(s0, "timestep-uw-hybrid-s0", 0, 50.0, [51.0, 50.0, 49.0, 48.0, 47.0],
+            meta={"specialist_steps": short})  # fmt: skip
     out = tmp_path / "table"
     cmd = [sys.executable, str(DRIVER), "table", "--from", str(s0), str(s1), "--results",
            str(out)]  # fmt: skip
@@ -287,7 +289,12 @@ def test_table_adds_o2_over_training_seeds_from_the_ntg_results_of_each_session(
     assert "| timestep-uw-hybrid | 51.0 | 50.0 | 49.0 | 48.0 | 47.0 |" in o2
     assert "| paper, ADM (Fig. 2, read from the chart) | — | — | +4.60 |" in o2
     # provenance where the NTG recorded it; seed 1's older table did not ("?")
-    assert "specialists' iterations per seed: 5000, ?; measured on NVIDIA H100 80GB HBM3" in o2
+    assert (
+        "specialists' iterations per seed: 5000, ?; measured on NVIDIA H100 80GB HBM3; from" in o2
+    )
+    # specialists that did not reach the joint model's iterations are flagged, not hidden
+    uw_line = next(x for x in o2.splitlines() if x.startswith("- timestep-uw-hybrid:"))
+    assert "specialists' iterations per seed: 4000 — **seed(s) 0: specialists not at" in uw_line
     assert (out / "ntg.png").stat().st_size > 1000
 
     # an O2 session whose joints skipped periodic evaluation has NTG results and the copied
