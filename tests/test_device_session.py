@@ -27,6 +27,10 @@ def _smoke_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
+#: A two-step run evaluated once on 12 samples: the smallest slice that exercises everything.
+TWO_STEPS = {"STEPS": "2", "EVAL_EVERY": "2", "EVAL_N": "12", "BUDGET": "300"}
+
+
 def _session(env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess[str]:
     """One call of the script from the repository root, output captured."""
     return subprocess.run(
@@ -39,10 +43,7 @@ def test_device_session_dry_run_trains_evaluates_and_bundles(tmp_path: Path) -> 
     env = {
         **_smoke_env(tmp_path),
         "RUN_GROUPS": "vanilla-eps-s0",
-        "STEPS": "2",
-        "EVAL_EVERY": "2",
-        "EVAL_N": "12",
-        "BUDGET": "300",
+        **TWO_STEPS,
         "SETS": "train.log_every=1",
         "AFFINITY_BINS": "10",
     }
@@ -126,9 +127,7 @@ def test_o2_trains_the_specialists_beside_the_joint_and_measures_the_ntg(tmp_pat
     env = {
         **_smoke_env(tmp_path),
         "RUN_GROUPS": "vanilla-eps-s0",
-        "STEPS": "2",
-        "EVAL_EVERY": "2",
-        "EVAL_N": "12",
+        **TWO_STEPS,
         "BUDGET": "500",
         "AFFINITY_RUNS": "",
         "NTG_JOINTS": "vanilla-eps-s0",
@@ -180,10 +179,7 @@ def test_phase2_affinity_cell_clusters_with_the_fixed_matrix(tmp_path: Path) -> 
         "LOSS": "eps",
         "AFFINITY_MATRIX": str(root / "affinity-vanilla-eps-mean.npy"),
         "RUN_GROUPS": "affinity-uw-eps-s0",
-        "STEPS": "2",
-        "EVAL_EVERY": "2",
-        "EVAL_N": "12",
-        "BUDGET": "300",
+        **TWO_STEPS,
         "AFFINITY_RUNS": "",
     }
     proc = _session(env)
