@@ -498,8 +498,8 @@ def _ntg_lines(cells: dict[str, dict[str, Any]]) -> list[str]:
         "compares the joint models on the other intervals directly.",
         "",
         *_md_table(["joint model", *labels], hybrid_rows),
+        "",
     ]
-    lines.append("")
     for cell, c in sorted(cells.items()):
         its = ", ".join("?" if i is None else str(i) for i in c["joint_iterations"])
         spec = ", ".join("/".join(map(str, v)) or "?" for v in c["specialist_iterations"])
@@ -564,6 +564,38 @@ def _plot_fid_curves(rows: dict[str, dict[int, dict[str, list[float]]]], path: P
     ax.set_ylabel("FID (EMA, DDIM-100)")
     ax.legend(fontsize=7)
     ax.set_title("FID during training (mean over seeds, bars: their range)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _plot_cluster_loss_ratios(ratios: dict[str, dict[str, Any]], path: Path) -> Path:
+    """One panel per cell: each cluster's training-loss ratio to vanilla over training (solid:
+    seed 0, dashed: other seeds), from :func:`cluster_loss_ratios`."""
+    from matplotlib.ticker import MaxNLocator
+
+    from antdiff.plots import pyplot
+
+    plt = pyplot()
+    cells = sorted({_method_of(r) for r in ratios})
+    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.4), squeeze=False)
+    for ax, cell in zip(axes[0], cells):
+        for r, v in ratios.items():
+            if _method_of(r) != cell:
+                continue
+            ratio = np.asarray(v["ratio"])
+            style = "-" if r.endswith("-s0") else "--"
+            for i in range(ratio.shape[1]):
+                color = plt.get_cmap("viridis")(i / max(1, ratio.shape[1] - 1))
+                label = f"cluster {i}" if style == "-" else None
+                ax.plot(v["steps"], ratio[:, i], style, color=color, lw=1.1, label=label)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_title(f"{cell} / vanilla (dashed: seed ≥ 1)", fontsize=9)
+        ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(5))  # long runs' tick labels ran together
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("training loss ratio per cluster")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -687,14 +719,7 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
     }
     conv = convergence(mean_fid)
     if conv:
-        lines += [
-            "",
-            "### Convergence against vanilla (mean FID over seeds, evaluated steps only)",
-            "",
-            "| cell | vanilla's last FID (step) | first step at or below it | speed-up (at least) | "
-            "crossings of vanilla's curve |",
-            "|---|---|---|---|---|",
-        ]
+        conv_rows = []
         for c, v in conv.items():
             first = v["steps_to_target"]
             reached = f"{first}" if first is not None else f"not by {v['last_step']} (its last)"
@@ -704,23 +729,43 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                 f"{x['from']} at {x['between'][0]} → {x['to']} at {x['between'][1]}"
                 for x in v["crossings"]
             )
-            lines.append(
-                f"| {c} | {v['target']['fid']:.1f} ({v['target']['step']}) | {reached} | "
-                f"{speed} | {cross or 'none'} |"
-            )
+            conv_rows.append([
+                c, f"{v['target']['fid']:.1f} ({v['target']['step']})", reached, speed,
+                cross or "none",
+            ])  # fmt: skip
+        lines += [
+            "",
+            "### Convergence against vanilla (mean FID over seeds, evaluated steps only)",
+            "",
+            *_md_table(
+                [
+                    "cell",
+                    "vanilla's last FID (step)",
+                    "first step at or below it",
+                    "speed-up (at least)",
+                    "crossings of vanilla's curve",
+                ],
+                conv_rows,
+            ),  # fmt: skip
+        ]
     if repeats:
         lines += [
             "",
             "### Repeated runs (same name, config and seed in another folder; first folder kept)",
             "",
-            "| run | step | FID kept (folder) | FID of the repeat (folder) |",
-            "|---|---|---|---|",
+            *_md_table(
+                ["run", "step", "FID kept (folder)", "FID of the repeat (folder)"],
+                [
+                    [
+                        r["run"],
+                        str(r["step"]),
+                        f"{r['kept']['fid']:.1f} ({r['kept']['folder']})",
+                        f"{r['repeat']['fid']:.1f} ({r['repeat']['folder']})",
+                    ]
+                    for r in repeats
+                ],
+            ),  # fmt: skip
         ]
-        for r in repeats:
-            lines.append(
-                f"| {r['run']} | {r['step']} | {r['kept']['fid']:.1f} ({r['kept']['folder']}) | "
-                f"{r['repeat']['fid']:.1f} ({r['repeat']['folder']}) |"
-            )
     runs_by_name: dict[str, Path] = {}
     for f in a.sources:  # the first folder's run of a name, as for the result files
         for r in sorted(Path(f).glob("runs/*/metrics.jsonl")):
@@ -734,12 +779,14 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
             "",
             "Ratio of the mean per-sample loss over the last five log windows, clean → noisy:",
             "",
-            "| run | vanilla | last step | ratio per cluster |",
-            "|---|---|---|---|",
+            *_md_table(
+                ["run", "vanilla", "last step", "ratio per cluster"],
+                [
+                    [r, v["vanilla"], str(v["steps"][-1]), ", ".join(f"{x:.2f}" for x in v["last"])]
+                    for r, v in ratios.items()
+                ],
+            ),
         ]
-        for r, v in ratios.items():
-            shown = ", ".join(f"{x:.2f}" for x in v["last"])
-            lines.append(f"| {r} | {v['vanilla']} | {v['steps'][-1]} | {shown} |")
     if ntg:
         lines += _ntg_lines(ntg)
     (out / "table.md").write_text("\n".join(lines) + "\n")
@@ -758,39 +805,13 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
         + "\n"
     )
 
-    from matplotlib.ticker import MaxNLocator
-
-    from antdiff.plots import pyplot
-
-    plt = pyplot()
     written = [out / "table.md", out / "table.json"]
     if rows:
         written.append(_plot_fid_curves(rows, out / "fid_curves.png"))
     if ntg:
         written.append(_plot_ntg_across_seeds(ntg, out / "ntg.png"))
     if ratios:
-        cells = sorted({_method_of(r) for r in ratios})
-        fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.4), squeeze=False)
-        for ax, cell in zip(axes[0], cells):
-            for r, v in ratios.items():
-                if _method_of(r) != cell:
-                    continue
-                ratio = np.asarray(v["ratio"])
-                style = "-" if r.endswith("-s0") else "--"
-                for i in range(ratio.shape[1]):
-                    color = plt.get_cmap("viridis")(i / max(1, ratio.shape[1] - 1))
-                    label = f"cluster {i}" if style == "-" else None
-                    ax.plot(v["steps"], ratio[:, i], style, color=color, lw=1.1, label=label)
-            ax.axhline(1.0, color="grey", lw=0.8)
-            ax.set_title(f"{cell} / vanilla (dashed: seed ≥ 1)", fontsize=9)
-            ax.set_xlabel("iteration")
-            ax.xaxis.set_major_locator(MaxNLocator(5))  # long runs' tick labels ran together
-            ax.legend(fontsize=7)
-        axes[0][0].set_ylabel("training loss ratio per cluster")
-        fig.tight_layout()
-        fig.savefig(out / "cluster_loss_ratio.png", dpi=120)
-        plt.close(fig)
-        written.append(out / "cluster_loss_ratio.png")
+        written.append(_plot_cluster_loss_ratios(ratios, out / "cluster_loss_ratio.png"))
     return written
 
 
