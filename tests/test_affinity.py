@@ -282,6 +282,33 @@ def test_distance_correlation_detects_o1():
     assert abs(noise.distance_correlation()["timestep"]["spearman"]) < 0.5
 
 
+def test_decay_profile_conflict_shares_and_block_means_match_hand_counts():
+    aff = _synthetic(10, scale=3.0)  # TAS(a, b) = exp(−|a − b|/3)
+    prof = aff.mean_at_gaps([1, 2, 9])
+    assert prof[1] == pytest.approx(np.exp(-1 / 3)) and prof[9] == pytest.approx(np.exp(-3))
+    assert prof[1] > prof[2] > prof[9]
+    # a matrix with known signs: 45 pairs, those 5+ bins apart (15 pairs) set to −0.25
+    i = np.arange(10)
+    gap = np.abs(i[:, None] - i[None, :])
+    M = np.where(gap >= 5, -0.25, 0.5)
+    np.fill_diagonal(M, 1.0)
+    signed = TaskAffinity(M, M[None], np.ones((1, 10)), TimestepBins.uniform(T, 10), "exact",
+                          None, 8, 0)  # fmt: skip
+    assert signed.share_below([0.0, -0.2, -0.3]) == {0.0: 15 / 45, -0.2: 15 / 45, -0.3: 0.0}
+    width = T // 10
+    # bins 0–1 against bins 7–9: every pair is ≥ 5 apart
+    assert signed.block_mean((0, 2 * width), (7 * width, T)) == pytest.approx(-0.25)
+    # bins 0–4 against 5–9: 15 of the 25 pairs are ≥ 5 apart
+    mixed = signed.block_mean((0, 5 * width), (5 * width, T))
+    assert mixed == pytest.approx((15 * -0.25 + 10 * 0.5) / 25)
+    with pytest.raises(ValueError, match="gap of 10 bins does not exist"):
+        aff.mean_at_gaps([10])
+    with pytest.raises(ValueError, match="no bin lies wholly"):
+        aff.block_mean((0, width - 1), (5 * width, T))
+    with pytest.raises(ValueError, match="overlap"):
+        aff.block_mean((0, 5 * width), (0, T))
+
+
 def test_save_load_and_feed_the_affinity_clustering(tmp_path):
     aff = _synthetic(10)
     paths = aff.save(tmp_path)

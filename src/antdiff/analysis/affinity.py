@@ -335,6 +335,42 @@ class TaskAffinity:
             res[name] = {"spearman": float(r.statistic), "p_value": float(r.pvalue)}
         return res
 
+    def mean_at_gaps(self, gaps: Iterable[int]) -> dict[int, float]:
+        """The decay profile: mean affinity of the bin pairs (a, a + g) for each gap g in bins,
+        (1/(n_b − g)) Σ_a TAS(a, a + g). O1 says it falls as g grows."""
+        n = len(self.bins)
+        out = {}
+        for g in gaps:
+            if not 0 < g < n:
+                raise ValueError(
+                    f"a gap of {g} bins does not exist among {n} bins (use 1 … {n - 1})"
+                )
+            out[int(g)] = float(np.diagonal(self.matrix, offset=g).mean())
+        return out
+
+    def share_below(self, thresholds: Iterable[float]) -> dict[float, float]:
+        """Fraction of the pairs of distinct bins whose affinity is below each threshold: the
+        stronger form of O1 (distant tasks *conflict*, not only ignore each other)."""
+        aff = self.matrix[np.triu_indices(len(self.bins), k=1)]
+        if aff.size == 0:
+            raise ValueError("one bin has no pairs of distinct bins")
+        return {float(c): float((aff < c).mean()) for c in thresholds}
+
+    def block_mean(self, rows: tuple[int, int], cols: tuple[int, int]) -> float:
+        """Mean affinity between the bins lying wholly in timesteps [rows[0], rows[1]) and those
+        lying wholly in [cols[0], cols[1]) (e.g. the cleanest tasks against the noisy half)."""
+
+        def inside(lo: int, hi: int) -> np.ndarray:
+            idx = np.flatnonzero((self.bins.firsts >= lo) & (self.bins.lasts < hi))
+            if idx.size == 0:
+                raise ValueError(f"no bin lies wholly in timesteps [{lo}, {hi})")
+            return idx
+
+        a, b = inside(*rows), inside(*cols)
+        if np.intersect1d(a, b).size:
+            raise ValueError(f"timestep ranges {rows} and {cols} overlap; give disjoint ranges")
+        return float(self.matrix[np.ix_(a, b)].mean())
+
     # ---------------------------------------------------------------- files
     def to_metadata(self) -> dict[str, Any]:
         return {
