@@ -408,7 +408,8 @@ def ntg_across_seeds(folders: list[str | Path]) -> dict[str, dict[str, Any]]:
     seed; a cell's NTG is the mean of those values ± half their range, as the FID tables. A run
     name found again in a later folder is the same seed and counts once (first folder kept).
     Returns ``{cell: {"seeds", "runs", "intervals", "ntg" (per interval: per-seed values),
-    "fid_joint" (per seed), "fid_hybrid", "n", "floor", "joint_iterations"}}``."""
+    "fid_joint" (per seed), "fid_hybrid", "n", "floor", "joint_iterations", "joint_runs", ...}}``,
+    every per-seed list in seed order."""
     from antdiff.analysis.ntg import NTGTable
 
     cells: dict[str, dict[str, Any]] = {}
@@ -427,7 +428,7 @@ def ntg_across_seeds(folders: list[str | Path]) -> dict[str, dict[str, Any]]:
                 "seeds": [], "runs": [], "intervals": [list(iv) for iv in table.intervals],
                 "ntg": [[] for _ in table.rows], "fid_hybrid": [[] for _ in table.rows],
                 "fid_joint": [], "n": table.n, "floor": table.floor, "joint_iterations": [],
-                "specialist_iterations": [], "cards": [],
+                "specialist_iterations": [], "cards": [], "joint_runs": [],
             })  # fmt: skip
             if c["intervals"] != [list(iv) for iv in table.intervals]:
                 raise SystemExit(
@@ -437,6 +438,7 @@ def ntg_across_seeds(folders: list[str | Path]) -> dict[str, dict[str, Any]]:
             if c["n"] != table.n:
                 raise SystemExit(f"{f}: n = {table.n}, but {c['runs'][0]} used n = {c['n']}")
             c["seeds"].append(int(tail) if tail.isdigit() else None)
+            c["joint_runs"].append(run)
             c["runs"].append(f"{folder}/{f.parent.name}")
             c["fid_joint"].append(table.fid_joint_mean)
             c["joint_iterations"].append(its)
@@ -447,7 +449,124 @@ def ntg_across_seeds(folders: list[str | Path]) -> dict[str, dict[str, Any]]:
             for i, row in enumerate(table.rows):
                 c["ntg"][i].append(row.mean)
                 c["fid_hybrid"][i].append(row.fid_hybrid_mean)
+    for c in cells.values():  # each list in seed order, whatever the folders' order
+        order = sorted(
+            range(len(c["seeds"])), key=lambda i: (c["seeds"][i] is None, c["seeds"][i] or 0)
+        )
+        for key in ("seeds", "joint_runs", "runs", "fid_joint", "joint_iterations",
+                    "specialist_iterations"):  # fmt: skip
+            c[key] = [c[key][i] for i in order]
+        for key in ("ntg", "fid_hybrid"):
+            c[key] = [[per_interval[i] for i in order] for per_interval in c[key]]
     return cells
+
+
+O1_GAPS = (1, 2, 5, 10, 20, 50, 99)  # bins apart (100 bins: 10 timesteps each)
+O1_THRESHOLDS = (0.0, -0.2, -0.3)
+O1_BLOCK = ((0, 100), (500, 1000))  # the cleanest tasks against the noisy half
+
+
+def o1_across_runs(folders: list[str | Path]) -> list[dict[str, Any]]:
+    """O1 for every ``affinity-<run>/affinity.json`` in ``folders``: Spearman's ρ of affinity
+    against |Δlog-SNR| and |Δt| (``TaskAffinity.distance_correlation``), the mean affinity at
+    :data:`O1_GAPS` bins apart, the share of pairs below :data:`O1_THRESHOLDS` and the mean of
+    the :data:`O1_BLOCK` block; ``r`` is the Pearson correlation of the off-diagonal entries with
+    every other matrix of the same bins (do two seeds or checkpoints agree). A matrix is named by
+    its run and the checkpoint's step; the same (run, step) in a later folder counts once."""
+    import re
+
+    from antdiff.analysis.affinity import TaskAffinity
+    from antdiff.schedule import NoiseSchedule
+
+    entries: list[dict[str, Any]] = []
+    matrices: list[tuple[Any, np.ndarray]] = []
+    seen: set[tuple[str, int | None]] = set()
+    for folder in folders:
+        for f in sorted(Path(folder).glob("affinity-*/affinity.json")):
+            aff = TaskAffinity.load(f)
+            steps = [re.search(r"step_(\d+)", str(c)) for c in aff.meta.get("checkpoints", [])]
+            step = int(steps[-1].group(1)) if steps and steps[-1] else None
+            run = f.parent.name.removeprefix("affinity-")
+            if (run, step) in seen:
+                continue
+            seen.add((run, step))
+            sch = aff.meta.get("schedule") or {}
+            schedule = NoiseSchedule.from_name(
+                sch.get("name", "linear"), sch.get("num_timesteps", aff.bins.num_timesteps)
+            )
+            corr = aff.distance_correlation(schedule)
+            n = len(aff.bins)
+            try:
+                block = aff.block_mean(*O1_BLOCK)
+            except ValueError:  # bins straddling the block's edges
+                block = None
+            entries.append({
+                "run": run, "step": step, "bins": n, "images": aff.num_images,
+                "checkpoints": aff.num_checkpoints, "path": str(f.parent),
+                "spearman_logsnr": corr["logsnr"]["spearman"], "p_logsnr": corr["logsnr"]["p_value"],
+                "spearman_t": corr["timestep"]["spearman"], "p_t": corr["timestep"]["p_value"],
+                "mean_at_gap": {str(g): v for g, v in aff.mean_at_gaps(
+                    [g for g in O1_GAPS if g < n]).items()},
+                "share_below": {str(c): v for c, v in aff.share_below(O1_THRESHOLDS).items()},
+                "block_mean": block, "r": {},
+            })  # fmt: skip
+            matrices.append((aff.bins, aff.matrix[np.triu_indices(n, k=1)]))
+    for i, (bins_i, off_i) in enumerate(matrices):
+        for j, (bins_j, off_j) in enumerate(matrices):
+            if i != j and bins_i == bins_j:
+                key = f"{entries[j]['run']}@{entries[j]['step']}"
+                entries[i]["r"][key] = float(np.corrcoef(off_i, off_j)[0, 1])
+    return sorted(entries, key=lambda e: (e["bins"], e["run"], e["step"] or 0))
+
+
+def _o1_lines(entries: list[dict[str, Any]]) -> list[str]:
+    """The O1 section of ``table.md``: one row per affinity matrix."""
+
+    def p(x: float | None) -> str:
+        return "—" if x is None else ("< 1e-300" if x == 0 else f"{x:.0e}")
+
+    def rho(e: dict[str, Any], k: str) -> str:
+        return (
+            "—" if e[f"spearman_{k}"] is None else f"{e[f'spearman_{k}']:+.2f} ({p(e[f'p_{k}'])})"
+        )
+
+    rows = [
+        [
+            e["run"], str(e["step"]) if e["step"] is not None else "?", str(e["bins"]),
+            rho(e, "logsnr"), rho(e, "t"),
+            ", ".join(f"{v:+.2f}" for v in e["mean_at_gap"].values()),
+            *(f"{100 * v:.1f}%" for v in e["share_below"].values()),
+            "—" if e["block_mean"] is None else f"{e['block_mean']:+.3f}",
+            ", ".join(f"{k} {v:.2f}" for k, v in e["r"].items()) or "—",
+        ]
+        for e in entries
+    ]  # fmt: skip
+    (lo_a, hi_a), (lo_b, hi_b) = O1_BLOCK
+    return [
+        "",
+        "### O1: affinity against the noise-level gap",
+        "",
+        "Spearman ρ (p) over all pairs of distinct bins; mean affinity of pairs "
+        f"{', '.join(map(str, O1_GAPS))} bins apart (those that exist); share of pairs below "
+        f"{', '.join(f'{c:g}' for c in O1_THRESHOLDS)}; mean affinity of t in [{lo_a}, {hi_a}) "
+        f"against t in [{lo_b}, {hi_b}); r: Pearson correlation of the off-diagonal entries with "
+        "the other matrices of the same bins (run@step).",
+        "",
+        *_md_table(
+            [
+                "run",
+                "step",
+                "bins",
+                "ρ vs \\|Δlog-SNR\\|",
+                "ρ vs \\|Δt\\|",
+                "mean at gaps",
+                *(f"< {c:g}" for c in O1_THRESHOLDS),
+                "clean vs noisy half",
+                "r",
+            ],
+            rows,
+        ),  # fmt: skip
+    ]
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -489,7 +608,7 @@ def _ntg_lines(cells: dict[str, dict[str, Any]]) -> list[str]:
         "",
         "NTG(I) = FID(specialist on I, joint model elsewhere) − FID(joint model); < 0: negative "
         "transfer. Mean over training seeds (each seed: its joint model and its specialists) ± "
-        "half their range, each seed's value in brackets.",
+        "half their range, each seed's value in brackets (in seed order).",
         "",
         *_md_table(["joint model", "seeds", "joint FID", *labels], ntg_rows),
         "",
@@ -612,9 +731,10 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
     training the same config and seed again) counts once: the first folder's points and run
     folder are kept and the others' points listed as repeats. NTG results in the folders
     (``ntg-<run>/ntg.json``) add the O2 table over training seeds (:func:`ntg_across_seeds`) and
-    ``ntg.png``; a folder may hold NTG results alone. Writes ``table.md``, ``table.json`` and
+    ``ntg.png``; a folder may hold NTG results alone, and an NTG's joint FID is the FID point (†)
+    of a joint run that has no periodic evaluation at that step. Writes ``table.md``, ``table.json`` and
     (with FID points) ``fid_curves.png`` to ``--results``."""
-    rows: dict[str, dict[int, dict[str, list[float]]]] = {}
+    points: dict[str, dict[int, dict[str, list[tuple[int, float]]]]] = {}
     seeds: dict[str, list[int]] = {}
     meta: dict[int, dict[str, Any]] = {}
     # A run of the same name in two folders is the same config and seed trained again (a later
@@ -625,10 +745,15 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
     n_source: dict[int, tuple[Any, Path]] = {}  # step -> (n, first file with a point there)
     for folder in a.sources:
         files = sorted(Path(folder).glob("phase*-*.json"))
-        if not files and not any(Path(folder).glob("ntg-*/ntg.json")):
-            # (an O2 session whose joints skip periodic evaluation has only NTG results)
+        if (
+            not files
+            and not any(Path(folder).glob("ntg-*/ntg.json"))
+            and not any(Path(folder).glob("affinity-*/affinity.json"))
+        ):
+            # (an O2 session whose joints skip periodic evaluation has only NTG and O1 results)
             raise SystemExit(
-                f"no result files (phase*-*.json or ntg-*/ntg.json) in {folder}; run `collect` first"
+                f"no result files (phase*-*.json, ntg-*/ntg.json or affinity-*/affinity.json) in "
+                f"{folder}; run `collect` first"
             )
         for f in files:
             res = json.loads(f.read_text())
@@ -656,15 +781,50 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                     })  # fmt: skip
                     continue
                 seen[key] = (str(folder), float(point["fid"]))
-                vals = rows.setdefault(cell, {}).setdefault(int(point["step"]), {})
+                vals = points.setdefault(cell, {}).setdefault(int(point["step"]), {})
                 for key in ("fid", "precision", "recall"):
                     if point.get(key) is not None:
-                        vals.setdefault(key, []).append(float(point[key]))
+                        vals.setdefault(key, []).append((res["seed"], float(point[key])))
                 meta.setdefault(
                     int(point["step"]), {"n": point.get("n"), "floor": point.get("floor")}
                 )
     ntg = ntg_across_seeds(a.sources)
-    if not rows and not ntg:
+    # An O2 joint model without a periodic evaluation at its last step still has an FID there:
+    # the NTG's own joint FID (same EMA sampler; no precision/recall). It is that run's point.
+    from_ntg: dict[str, dict[int, list[int]]] = {}
+    for cell, c in ntg.items():
+        for run, seed, step, fid in zip(
+            c["joint_runs"], c["seeds"], c["joint_iterations"], c["fid_joint"]
+        ):
+            if step is None or (run, step) in seen:
+                continue
+            first = n_source.setdefault(step, (c["n"], Path(c["runs"][0])))
+            if first[0] != c["n"]:
+                raise SystemExit(
+                    f"{run}: its O2 joint FID at step {step} has n = {c['n']}, but {first[1]} has "
+                    f"n = {first[0]} there; tabulate each n on its own"
+                )
+            seen[(run, step)] = (c["runs"][0], fid)
+            points.setdefault(cell, {}).setdefault(step, {}).setdefault("fid", []).append(
+                (seed, fid)
+            )
+            from_ntg.setdefault(cell, {}).setdefault(step, []).append(seed)
+            if seed not in seeds.get(cell, []):
+                seeds.setdefault(cell, []).append(seed)
+            meta.setdefault(step, {"n": c["n"], "floor": c["floor"]})
+    # each cell's values at a step in seed order (the order the folders came in is arbitrary)
+    rows: dict[str, dict[int, dict[str, list[float]]]] = {
+        cell: {
+            step: {
+                k: [v for _, v in sorted(x, key=lambda sv: (sv[0] is None, sv[0] or 0))]
+                for k, x in by_key.items()
+            }
+            for step, by_key in by_step.items()
+        }
+        for cell, by_step in points.items()
+    }
+    o1 = o1_across_runs(a.sources)
+    if not rows and not ntg and not o1:
         raise SystemExit("the result files hold no evaluated point")
     best_is_low = {"fid": True, "precision": False, "recall": False}
     out = Path(a.results)
@@ -704,13 +864,25 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                 if len(x) > 1:
                     txt += " (" + ", ".join(f"{v:{fmt}}" for v in x) + ")"
                 shown.append(txt)
-            lines.append(f"| {c} | {len(cells[c]['fid'])} | " + " | ".join(shown) + " |")
+            mark = " †" if step in from_ntg.get(c, {}) else ""
+            lines.append(f"| {c}{mark} | {len(cells[c]['fid'])} | " + " | ".join(shown) + " |")
             table[str(step)][c] = {k: cells[c][k] for k in cells[c]}
+            if mark:
+                table[str(step)][c]["fid_from_ntg_seeds"] = from_ntg[c][step]
+        marked = {c: from_ntg[c][step] for c in sorted(cells) if step in from_ntg.get(c, {})}
+        if marked:
+            lines += [
+                "",
+                "† FID (no precision/recall) of an O2 joint model without a periodic evaluation "
+                "at this step: the joint FID of its NTG measurement (`antdiff ntg`, EMA, same "
+                "sampler and n), seed(s) "
+                + "; ".join(f"{c} {', '.join(map(str, v))}" for c, v in marked.items()),
+            ]
         lines.append("")
     if rows:
         lines.append(
-            "Mean over seeds ± half their range, each seed's value in brackets; best mean per "
-            "column in bold. Cells: "
+            "Mean over seeds ± half their range, each seed's value in brackets (in seed order); "
+            "best mean per column in bold. Cells: "
             + ", ".join(f"{c} (seeds {sorted(set(s))})" for c, s in sorted(seeds.items()))
         )
     mean_fid = {
@@ -789,6 +961,8 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
         ]
     if ntg:
         lines += _ntg_lines(ntg)
+    if o1:
+        lines += _o1_lines(o1)
     (out / "table.md").write_text("\n".join(lines) + "\n")
     (out / "table.json").write_text(
         json.dumps(
@@ -799,6 +973,7 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                 "cluster_loss_ratio": ratios,
                 "repeats": repeats,
                 "ntg": ntg,
+                "o1": o1,
             },
             indent=1,
         )

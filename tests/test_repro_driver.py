@@ -265,7 +265,8 @@ def test_table_adds_o2_over_training_seeds_from_the_ntg_results_of_each_session(
     session(s0, "timestep-uw-hybrid-s0", 0, 50.0, [51.0, 50.0, 49.0, 48.0, 47.0],
             meta={"specialist_steps": short})  # fmt: skip
     out = tmp_path / "table"
-    cmd = [sys.executable, str(DRIVER), "table", "--from", str(s0), str(s1), "--results",
+    # the newer session first, as a table over several slices lists them: values stay in seed order
+    cmd = [sys.executable, str(DRIVER), "table", "--from", str(s1), str(s0), "--results",
            str(out)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -312,9 +313,28 @@ def test_table_adds_o2_over_training_seeds_from_the_ntg_results_of_each_session(
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    o2 = json.loads((out2 / "table.json").read_text())["ntg"]["vanilla-hybrid"]
+    data2 = json.loads((out2 / "table.json").read_text())
+    o2 = data2["ntg"]["vanilla-hybrid"]
     assert o2["ntg"][0] == [2.0] and o2["joint_iterations"] == [5000]
-    assert (out2 / "ntg.png").exists() and not (out2 / "fid_curves.png").exists()
+    # its joint FID is the run's point at its last step, marked as coming from the NTG
+    assert data2["cells"]["5000"]["vanilla-hybrid"] == {"fid": [40.0], "fid_from_ntg_seeds": [3]}
+    md2 = (out2 / "table.md").read_text()
+    assert "| vanilla-hybrid † | 1 | **40.0** | — | — |" in md2
+    assert "joint FID of its NTG measurement" in md2 and "seed(s) vanilla-hybrid 3" in md2
+    assert (out2 / "ntg.png").exists() and (out2 / "fid_curves.png").exists()
+    # beside a periodic evaluation of another seed at that step, the NTG point adds a seed
+    (only / "phase1-vanilla-hybrid-s4.json").write_text(json.dumps({
+        "run": "vanilla-hybrid-s4", "seed": 4,
+        "curve": [{"step": 5000, "n": 5000, "fid": 44.0, "precision": 0.5, "recall": 0.3}],
+    }))  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(DRIVER), "table", "--from", str(only), "--results", str(out2)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cell = json.loads((out2 / "table.json").read_text())["cells"]["5000"]["vanilla-hybrid"]
+    assert cell["fid"] == [40.0, 44.0] and cell["precision"] == [0.5]
+    assert cell["fid_from_ntg_seeds"] == [3]
 
     # a seed measured on other intervals cannot be averaged with the first: a clear error
     bad = tmp_path / "o2-bad"
@@ -418,3 +438,51 @@ def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| uw-eps-s0 | vanilla-eps-s0 | 600 | 1.16, 0.60 |" in (out / "table.md").read_text()
     assert (out / "cluster_loss_ratio.png").stat().st_size > 1000
+
+
+def test_table_adds_o1_per_affinity_matrix_with_decay_conflicts_and_agreement(tmp_path):
+    from antdiff.analysis.affinity import TaskAffinity, TimestepBins
+
+    n = 10
+    gap = np.abs(np.arange(n)[:, None] - np.arange(n)[None, :])
+
+    def matrix(folder, run, step, m):
+        aff = TaskAffinity(
+            m, m[None], np.ones((1, n)), TimestepBins.uniform(1000, n), "exact", None, 8, 0,
+            meta={"checkpoints": [f"/x/{run}/checkpoints/step_{step:09d}.pt"],
+                  "schedule": {"name": "linear", "num_timesteps": 1000}},
+        )  # fmt: skip
+        aff.save(folder / f"affinity-{run}")
+
+    decay = np.where(gap >= 5, -0.25, 1.0 - gap / 10)  # falls with the gap, conflicts beyond 4
+    early, late = tmp_path / "early", tmp_path / "late"
+    early.mkdir(), late.mkdir()
+    matrix(early, "vanilla-eps-s0", 3000, decay)
+    matrix(late, "vanilla-eps-s0", 3000, decay * 0.5)  # the same run and step again: ignored
+    matrix(late, "vanilla-eps-s0", 9000, decay**3)  # a later checkpoint of the run
+    out = tmp_path / "table"
+    proc = subprocess.run(
+        [sys.executable, str(DRIVER), "table", "--from", str(early), str(late), "--results",
+         str(out)], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    o1 = json.loads((out / "table.json").read_text())["o1"]
+    assert [(e["run"], e["step"]) for e in o1] == [
+        ("vanilla-eps-s0", 3000),
+        ("vanilla-eps-s0", 9000),
+    ]
+    first = o1[0]
+    assert first["spearman_t"] < -0.9 and first["spearman_logsnr"] < -0.5
+    assert first["mean_at_gap"] == {"1": pytest.approx(0.9), "2": pytest.approx(0.8),
+                                    "5": pytest.approx(-0.25)}  # fmt: skip
+    assert first["share_below"] == {"0.0": pytest.approx(15 / 45), "-0.2": pytest.approx(15 / 45),
+                                    "-0.3": 0.0}  # fmt: skip
+    assert first["block_mean"] == pytest.approx(-0.25)  # bin 0 against bins 5–9
+    off = np.triu_indices(n, k=1)
+    r = float(np.corrcoef(decay[off], (decay**3)[off])[0, 1])
+    assert first["r"] == {"vanilla-eps-s0@9000": pytest.approx(r)}
+    md = (out / "table.md").read_text().split("### O1: affinity against the noise-level gap")[1]
+    assert (
+        "| vanilla-eps-s0 | 3000 | 10 | -" in md
+        and "| +0.90, +0.80, -0.25 | 33.3% | 33.3% | 0.0%" in md
+    )
