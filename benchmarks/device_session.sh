@@ -47,6 +47,10 @@
 #               STEPS must be reachable (not a time-limited slice).
 #   CARRY_DIR   the carried folder of this call (.carry/gpu): its site.tar.xz (or wheels), the fp16
 #               Inception and the data are added to DEV_DIR and stay there for the later calls
+#   STAGE_ONLY  1: only add CARRY_DIR's files to DEV_DIR and stop (seconds). When the working tree
+#               and the whole carry exceed a call's 64 MiB, `SPLIT=1 prepare_carry.sh` makes two
+#               folders: a first call `STAGE_ONLY=1 CARRY_DIR=.carry/gpu-part1` (Inception and
+#               packages), then the session's calls with CARRY_DIR=.carry/gpu-part2 (the data)
 #   DEV_DIR     where runs, results and logs live (/tmp/antdiff_device_session)
 #
 # Needs, carried in .carry/gpu/ (benchmarks/prepare_carry.sh builds it): inception_fp16.pt.xz
@@ -63,6 +67,7 @@ EVAL_EVERY=${EVAL_EVERY:-2000}
 EVAL_N=${EVAL_N:-5000}
 SETS=${SETS:-}
 SMOKE=${SMOKE:-}
+STAGE_ONLY=${STAGE_ONLY:-}
 DETACH=${DETACH:-}
 TRAIN_SECONDS=${TRAIN_SECONDS:-1380}
 AFFINITY_RUNS=${AFFINITY_RUNS-"vanilla-eps-s0 vanilla-hybrid-s0"} # set and empty: no O1
@@ -169,6 +174,11 @@ else
             mv "$D/inception_fp16.pt.part" "$D/inception_fp16.pt"
     fi
     [ -f "$D/cifar10-train-jpeg.tar.xz" ] || cp "$C/cifar10-train-jpeg.tar.xz" "$D/" 2>/dev/null
+    if [ -n "$STAGE_ONLY" ]; then # a carry too large for one call, in two (prepare_carry.sh SPLIT=1)
+        say "staged in $D:$(for f in inception_fp16.pt cifar10-train-jpeg.tar.xz site.tar.xz; do
+            [ -f "$D/$f" ] && printf ' %s' "$f"; done); nothing else done"
+        exit 0
+    fi
     for f in "$D/inception_fp16.pt" "$D/cifar10-train-jpeg.tar.xz"; do
         [ -f "$f" ] || { echo "missing $f: carry it in $C (see the header)" >&2; exit 1; }
     done

@@ -222,3 +222,34 @@ def test_a_slice_that_cannot_run_as_asked_stops_before_any_training(tmp_path: Pa
         proc = _session(env, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr, (settings, proc.stderr[-2000:])
         assert not (tmp_path / "dev" / "repro").exists()  # nothing trained
+
+
+def test_a_carry_split_over_two_calls_is_staged_and_kept_for_the_next(tmp_path: Path) -> None:
+    """STAGE_ONLY=1 (prepare_carry.sh SPLIT=1): a first call only unpacks what it carried into
+    DEV_DIR; the next call, carrying the rest, finds the first call's files still there."""
+    import lzma
+    import shutil
+
+    payload = os.urandom(4096)  # stands in for the fp16 Inception
+    part1, part2 = tmp_path / "part1", tmp_path / "part2"
+    part1.mkdir(), part2.mkdir()
+    (part1 / "inception_fp16.pt.xz").write_bytes(lzma.compress(payload))
+    site = tmp_path / "site"
+    (site / "staged_pkg").mkdir(parents=True)
+    (site / "staged_pkg" / "__init__.py").write_text("VALUE = 7\n")
+    shutil.make_archive(str(tmp_path / "site"), "xztar", site)
+    shutil.move(tmp_path / "site.tar.xz", part1 / "site.tar.xz")
+    (part2 / "cifar10-train-jpeg.tar.xz").write_bytes(b"data")
+    env = {**_smoke_env(tmp_path), "STAGE_ONLY": "1", "RUN_GROUPS": "vanilla-eps-s0"}
+    del env["SMOKE"]  # the device path: carried files, not the CPU stand-ins
+    first = _session({**env, "CARRY_DIR": str(part1)}, timeout=120)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    dev = tmp_path / "dev"
+    assert "staged in" in first.stdout and "inception_fp16.pt site.tar.xz" in first.stdout
+    assert (dev / "inception_fp16.pt").read_bytes() == payload
+    assert (dev / "site" / "staged_pkg" / "__init__.py").read_text() == "VALUE = 7\n"
+    assert not (dev / "repro").exists() and not list((tmp_path / "out").glob("*.tar.gz"))
+    second = _session({**env, "CARRY_DIR": str(part2)}, timeout=120)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    assert "inception_fp16.pt cifar10-train-jpeg.tar.xz site.tar.xz" in second.stdout
+    assert (dev / "inception_fp16.pt").read_bytes() == payload  # the first call's files kept
