@@ -461,6 +461,104 @@ def ntg_across_seeds(folders: list[str | Path]) -> dict[str, dict[str, Any]]:
     return cells
 
 
+def trainers_per_card(folder: Path) -> dict[str, int]:
+    """How many trainers each run shared its card with in a slice, itself included, from the
+    device logs' "<name>: training on cuda:N" lines (joints, specialists, every run of the slice);
+    {} where the logs are missing."""
+    import re
+
+    cards: dict[str, set[str]] = {}
+    for log in sorted(folder.glob("*.log")):
+        for name, card in re.findall(r"([\w.-]+): training on (cuda:\d+)", log.read_text()):
+            cards.setdefault(card, set()).add(name)
+    return {name: len(names) for names in cards.values() for name in names}
+
+
+def cost_across_runs(folders: list[str | Path]) -> list[dict[str, Any]]:
+    """The measured cost of every run in ``folders``, per folder: median it/s over the training
+    log's windows, the trainers on its card (:func:`trainers_per_card`), its ratio to the vanilla
+    run of the same loss and seed *in the same folder* and with as many trainers on its card
+    (else None: the rate of a shared card says more about the sharing than about the method),
+    peak CUDA memory allocated while training and while evaluating, and the card. From each folder's ``summary.json`` (every run of the slice, also those without
+    a result file) and its result files; a value neither recorded is None."""
+    keys = {"iterations": "iterations", "it_per_s": "it_per_s_median",
+            "train_gib": "train_peak_mem_gib", "eval_gib": "eval_peak_mem_gib"}  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    for folder in folders:
+        folder = Path(folder)
+        runs: dict[str, dict[str, Any]] = {}
+        if (folder / "summary.json").exists():
+            for r in json.loads((folder / "summary.json").read_text()):
+                runs[r["run"]] = {dst: r.get(src) for dst, src in keys.items()}
+        for f in sorted(folder.glob("phase*-*.json")):
+            res = json.loads(f.read_text())
+            e = runs.setdefault(res["run"], {})
+            for dst, src in keys.items():
+                if e.get(dst) is None:
+                    e[dst] = res.get(src)
+            e["card"] = res.get("card")
+        env = folder / "environment.json"
+        cards = json.loads(env.read_text()).get("cards", []) if env.exists() else []
+        sharing = trainers_per_card(folder)
+        for run, e in sorted(runs.items()):
+            if not e.get("card") and len(set(cards)) == 1:
+                e["card"] = cards[0]
+            head, _, seed = run.rpartition("-s")
+            vanilla = f"vanilla-{head.rpartition('-')[2]}-s{seed}"
+            ref = runs.get(vanilla, {}).get("it_per_s")
+            same_sharing = sharing.get(run) == sharing.get(vanilla)
+            ratio = e["it_per_s"] / ref if e.get("it_per_s") and ref and same_sharing else None
+            rows.append({"folder": folder.name, "run": run, **{k: e.get(k) for k in keys},
+                         "per_card": sharing.get(run), "card": e.get("card"),
+                         "vs_vanilla": ratio})  # fmt: skip
+    return rows
+
+
+def _cost_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The cost section of ``table.md``: one row per run and folder."""
+
+    def num(x: float | None, fmt: str) -> str:
+        return "—" if x is None else f"{x:{fmt}}"
+
+    return [
+        "",
+        "### Cost per run (measured in the same runs)",
+        "",
+        "Median it/s over the training log's windows; per card: trainers on the run's card in "
+        "its slice, itself included (from the device logs); × vanilla: against the vanilla run "
+        "of the same loss and seed in the same folder with as many trainers on its card (— "
+        "otherwise); peak CUDA memory allocated.",
+        "",
+        *_md_table(
+            [
+                "folder",
+                "run",
+                "iterations",
+                "it/s",
+                "per card",
+                "× vanilla",
+                "train GiB",
+                "eval GiB",
+                "card",
+            ],  # fmt: skip
+            [
+                [
+                    r["folder"],
+                    r["run"],
+                    num(r["iterations"], "d"),
+                    num(r["it_per_s"], ".2f"),
+                    num(r["per_card"], "d"),
+                    num(r["vs_vanilla"], ".2f"),
+                    num(r["train_gib"], ".2f"),
+                    num(r["eval_gib"], ".2f"),
+                    r["card"] or "—",
+                ]
+                for r in rows
+            ],  # fmt: skip
+        ),
+    ]
+
+
 O1_GAPS = (1, 2, 5, 10, 20, 50, 99)  # bins apart (100 bins: 10 timesteps each)
 O1_THRESHOLDS = (0.0, -0.2, -0.3)
 O1_BLOCK = ((0, 100), (500, 1000))  # the cleanest tasks against the noisy half
@@ -963,6 +1061,9 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
         lines += _ntg_lines(ntg)
     if o1:
         lines += _o1_lines(o1)
+    cost = cost_across_runs(a.sources)
+    if cost:
+        lines += _cost_lines(cost)
     (out / "table.md").write_text("\n".join(lines) + "\n")
     (out / "table.json").write_text(
         json.dumps(
@@ -974,6 +1075,7 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                 "repeats": repeats,
                 "ntg": ntg,
                 "o1": o1,
+                "cost": cost,
             },
             indent=1,
         )

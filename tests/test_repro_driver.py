@@ -486,3 +486,49 @@ def test_table_adds_o1_per_affinity_matrix_with_decay_conflicts_and_agreement(tm
         "| vanilla-eps-s0 | 3000 | 10 | -" in md
         and "| +0.90, +0.80, -0.25 | 33.3% | 33.3% | 0.0%" in md
     )
+
+
+def test_table_lists_each_runs_cost_against_vanilla_only_on_equally_shared_cards(tmp_path):
+    src = tmp_path / "slice"
+    src.mkdir()
+    summary = [
+        {"run": "vanilla-eps-s0", "iterations": 5000, "it_per_s_median": 8.0,
+         "train_peak_mem_gib": 3.46, "eval_peak_mem_gib": 3.98},
+        {"run": "timestep-uw-eps-s0", "iterations": 5000, "it_per_s_median": 7.6,
+         "train_peak_mem_gib": 3.46, "eval_peak_mem_gib": None},
+        {"run": "timestep-uw-hybrid-s0", "iterations": 3000, "it_per_s_median": 9.0},
+        {"run": "vanilla-hybrid-s0", "iterations": 3000, "it_per_s_median": 6.0},
+    ]  # fmt: skip
+    (src / "summary.json").write_text(json.dumps(summary))
+    (src / "phase1-vanilla-eps-s0.json").write_text(json.dumps({
+        "run": "vanilla-eps-s0", "seed": 0, "card": "NVIDIA H100 80GB HBM3",
+        "curve": [{"step": 5000, "n": 5000, "fid": 43.0, "precision": 0.6, "recall": 0.3}],
+    }))  # fmt: skip
+    # the device logs: two eps runs on card 0; vanilla-hybrid with a specialist on card 1,
+    # timestep-uw-hybrid alone on card 2 (shared differently: no ratio)
+    (src / "repro_cuda0.log").write_text(
+        "[repro 20:08:06] vanilla-eps-s0: training on cuda:0 (from step 0)\n"
+        "[repro 20:08:06] timestep-uw-eps-s0: training on cuda:0 (from step 0)\n"
+        "[repro 20:08:06] vanilla-hybrid-s0: training on cuda:1 (from step 0)\n"
+        "[repro 20:08:06] timestep-uw-hybrid-s0: training on cuda:2 (from step 0)\n"
+    )
+    (src / "ntg_train.log").write_text(
+        "ntg: specialist_0000-0199_seed0: training on cuda:1 (from step 0)\n"
+    )
+    out = tmp_path / "table"
+    proc = subprocess.run(
+        [sys.executable, str(DRIVER), "table", "--from", str(src), "--results", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cost = {r["run"]: r for r in json.loads((out / "table.json").read_text())["cost"]}
+    assert cost["timestep-uw-eps-s0"]["vs_vanilla"] == pytest.approx(0.95)
+    assert (
+        cost["timestep-uw-eps-s0"]["per_card"] == 2 and cost["vanilla-hybrid-s0"]["per_card"] == 2
+    )
+    assert cost["timestep-uw-hybrid-s0"]["per_card"] == 1
+    assert cost["timestep-uw-hybrid-s0"]["vs_vanilla"] is None  # 1 vs 2 trainers on the card
+    assert cost["vanilla-eps-s0"]["card"] == "NVIDIA H100 80GB HBM3"
+    md = (out / "table.md").read_text().split("### Cost per run")[1]
+    assert "| slice | timestep-uw-eps-s0 | 5000 | 7.60 | 2 | 0.95 | 3.46 | — | — |" in md
+    assert "| slice | timestep-uw-hybrid-s0 | 3000 | 9.00 | 1 | — | — | — | — |" in md
