@@ -24,6 +24,20 @@ def _driver_module():
     return repro_cifar
 
 
+def _table(out: Path, *folders: Path) -> subprocess.CompletedProcess[str]:
+    """``repro_cifar.py table --from FOLDERS --results OUT``, output captured."""
+    cmd = [
+        sys.executable,
+        str(DRIVER),
+        "table",
+        "--from",
+        *map(str, folders),
+        "--results",
+        str(out),
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
 class _TinyFeatures(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -188,10 +202,7 @@ def test_table_averages_seeds_bolds_the_best_and_draws_the_curves(tmp_path):
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    bad = subprocess.run(
-        [sys.executable, str(DRIVER), "table", "--from", str(empty), "--results", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    bad = _table(out, empty)
     assert bad.returncode != 0 and "run `collect` first" in bad.stderr
 
 
@@ -308,10 +319,7 @@ def test_table_adds_o2_over_training_seeds_from_the_ntg_results_of_each_session(
         "".join(json.dumps({"step": st, "loss": 0.1}) + "\n" for st in (4900, 5000))
     )
     out2 = tmp_path / "table-o2"
-    proc = subprocess.run(
-        [sys.executable, str(DRIVER), "table", "--from", str(only), "--results", str(out2)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = _table(out2, only)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data2 = json.loads((out2 / "table.json").read_text())
     o2 = data2["ntg"]["vanilla-hybrid"]
@@ -327,10 +335,7 @@ def test_table_adds_o2_over_training_seeds_from_the_ntg_results_of_each_session(
         "run": "vanilla-hybrid-s4", "seed": 4,
         "curve": [{"step": 5000, "n": 5000, "fid": 44.0, "precision": 0.5, "recall": 0.3}],
     }))  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, str(DRIVER), "table", "--from", str(only), "--results", str(out2)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = _table(out2, only)
     assert proc.returncode == 0, proc.stderr[-2000:]
     cell = json.loads((out2 / "table.json").read_text())["cells"]["5000"]["vanilla-hybrid"]
     assert cell["fid"] == [40.0, 44.0] and cell["precision"] == [0.5]
@@ -461,10 +466,7 @@ def test_table_adds_o1_per_affinity_matrix_with_decay_conflicts_and_agreement(tm
     matrix(late, "vanilla-eps-s0", 3000, decay * 0.5)  # the same run and step again: ignored
     matrix(late, "vanilla-eps-s0", 9000, decay**3)  # a later checkpoint of the run
     out = tmp_path / "table"
-    proc = subprocess.run(
-        [sys.executable, str(DRIVER), "table", "--from", str(early), str(late), "--results",
-         str(out)], capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = _table(out, early, late)
     assert proc.returncode == 0, proc.stderr[-2000:]
     o1 = json.loads((out / "table.json").read_text())["o1"]
     assert [(e["run"], e["step"]) for e in o1] == [
@@ -516,10 +518,7 @@ def test_table_lists_each_runs_cost_against_vanilla_only_on_equally_shared_cards
         "ntg: specialist_0000-0199_seed0: training on cuda:1 (from step 0)\n"
     )
     out = tmp_path / "table"
-    proc = subprocess.run(
-        [sys.executable, str(DRIVER), "table", "--from", str(src), "--results", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = _table(out, src)
     assert proc.returncode == 0, proc.stderr[-2000:]
     cost = {r["run"]: r for r in json.loads((out / "table.json").read_text())["cost"]}
     assert cost["timestep-uw-eps-s0"]["vs_vanilla"] == pytest.approx(0.95)
