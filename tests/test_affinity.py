@@ -287,6 +287,7 @@ def test_decay_profile_conflict_shares_and_block_means_match_hand_counts():
     prof = aff.mean_at_gaps([1, 2, 9])
     assert prof[1] == pytest.approx(np.exp(-1 / 3)) and prof[9] == pytest.approx(np.exp(-3))
     assert prof[1] > prof[2] > prof[9]
+    assert list(aff.mean_at_gaps()) == [1, 2, 5, 9]  # default: 1, 2, 5, … below n, and n − 1
     # a matrix with known signs: 45 pairs, those 5+ bins apart (15 pairs) set to −0.25
     i = np.arange(10)
     gap = np.abs(i[:, None] - i[None, :])

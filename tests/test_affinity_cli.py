@@ -56,6 +56,11 @@ def test_affinity_command_feeds_clustering_and_report(tiny_run, tmp_path, capsys
     text = capsys.readouterr().out
     assert "task affinity: 4×4 bins, 12 images, 2 checkpoint(s), exact" in text
     aff = TaskAffinity.load(out)
+    # the decay profile (every gap of 4 bins) and the conflicting shares, as the matrix has them
+    profile = ", ".join(f"{g}: {np.diagonal(aff.matrix, g).mean():+.2f}" for g in (1, 2, 3))
+    assert f"mean affinity by gap in bins: {profile}" in text
+    below0 = (aff.matrix[np.triu_indices(4, 1)] < 0).mean()
+    assert f"pairs below 0 / -0.2 / -0.3: {100 * below0:.1f}%" in text
     assert aff.matrix.shape == (4, 4) and aff.num_checkpoints == 2
     assert np.allclose(np.diag(aff.matrix), 1.0)
     meta = json.loads((out / "affinity.json").read_text())

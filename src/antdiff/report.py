@@ -430,7 +430,10 @@ def _affinity_section(w: _Writer, items: dict[str, Path], logs: dict[str, Traini
                     if rho is None
                     else (
                         "O1 holds (clearly negative)"
-                        if rho < -0.3 and (corr[key]["p_value"] or 1) < 0.01
+                        # p underflows to 0 for the strongest evidence: 0 is not "missing"
+                        if rho < -0.3
+                        and corr[key]["p_value"] is not None
+                        and corr[key]["p_value"] < 0.01
                         else "O1 not clearly supported"
                     )
                 )
@@ -438,11 +441,21 @@ def _affinity_section(w: _Writer, items: dict[str, Path], logs: dict[str, Traini
                     [
                         f"|Δ{'t' if key == 'timestep' else ' log-SNR'}|",
                         rho,
-                        corr[key]["p_value"],
+                        "< 1e-300" if corr[key]["p_value"] == 0 else corr[key]["p_value"],
                         verdict,
                     ]
                 )
         w.p(_table(["gap", "Spearman ρ", "p-value", "reading"], rows))
+        if len(aff.bins) > 1:
+            # the decay profile, and whether distant tasks conflict or only ignore each other
+            profile = aff.mean_at_gaps()
+            shares = aff.share_below()
+            w.p(
+                _table(["bins apart", *map(str, profile)], [["mean affinity", *profile.values()]])
+                + "\n\nShare of the pairs of distinct bins with affinity below "
+                + ", ".join(f"{c:g}: {100 * v:.1f}%" for c, v in shares.items())
+                + " (below 0: the tasks' gradients conflict)."
+            )
         mem = aff.meta.get("memory", {})
         model = aff.meta.get("model", {})
         info = [

@@ -335,10 +335,15 @@ class TaskAffinity:
             res[name] = {"spearman": float(r.statistic), "p_value": float(r.pvalue)}
         return res
 
-    def mean_at_gaps(self, gaps: Iterable[int]) -> dict[int, float]:
+    def mean_at_gaps(self, gaps: Iterable[int] | None = None) -> dict[int, float]:
         """The decay profile: mean affinity of the bin pairs (a, a + g) for each gap g in bins,
-        (1/(n_b − g)) Σ_a TAS(a, a + g). O1 says it falls as g grows."""
+        (1/(n_b − g)) Σ_a TAS(a, a + g). O1 says it falls as g grows. Default gaps: 1, 2, 5, 10,
+        20, 50 (those below n_b) and n_b − 1, the cleanest bin against the noisiest."""
         n = len(self.bins)
+        if gaps is None:
+            gaps = sorted(
+                {g for g in (1, 2, 5, 10, 20, 50) if g < n} | ({n - 1} if n > 1 else set())
+            )
         out = {}
         for g in gaps:
             if not 0 < g < n:
@@ -348,7 +353,7 @@ class TaskAffinity:
             out[int(g)] = float(np.diagonal(self.matrix, offset=g).mean())
         return out
 
-    def share_below(self, thresholds: Iterable[float]) -> dict[float, float]:
+    def share_below(self, thresholds: Iterable[float] = (0.0, -0.2, -0.3)) -> dict[float, float]:
         """Fraction of the pairs of distinct bins whose affinity is below each threshold: the
         stronger form of O1 (distant tasks *conflict*, not only ignore each other)."""
         aff = self.matrix[np.triu_indices(len(self.bins), k=1)]

@@ -150,6 +150,11 @@ def run(args: argparse.Namespace) -> int:
         r = corr.get(key, {}).get("spearman")
         if r is not None:
             print(f"  Spearman ρ(affinity, {label}) = {r:+.3f} (p = {corr[key]['p_value']:.2g})")
+    if n > 1:
+        gaps = ", ".join(f"{g}: {v:+.2f}" for g, v in aff.mean_at_gaps().items())
+        print(f"  mean affinity by gap in bins: {gaps}")
+        shares = " / ".join(f"{100 * v:.1f}%" for v in aff.share_below().values())
+        print(f"  pairs below 0 / -0.2 / -0.3: {shares}")
     for k, v in paths.items():
         print(f"  {k}: {v}")
     matrix = paths.get("full", paths["matrix"])
