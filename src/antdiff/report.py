@@ -451,7 +451,9 @@ def _affinity_section(w: _Writer, items: dict[str, Path], logs: dict[str, Traini
             profile = aff.mean_at_gaps()
             shares = aff.share_below()
             w.p(
-                _table(["bins apart", *map(str, profile)], [["mean affinity", *profile.values()]])
+                _table(
+                    ["bins apart", *map(str, profile)], [["mean affinity", *profile.values()]]
+                ).rstrip("\n")
                 + "\n\nShare of the pairs of distinct bins with affinity below "
                 + ", ".join(f"{c:g}: {100 * v:.1f}%" for c, v in shares.items())
                 + " (below 0: the tasks' gradients conflict)."
