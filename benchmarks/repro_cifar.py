@@ -841,6 +841,45 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
     seen: dict[tuple[str, int], tuple[str, float]] = {}
     repeats: list[dict[str, Any]] = []
     n_source: dict[int, tuple[Any, Path]] = {}  # step -> (n, first file with a point there)
+    ntg = ntg_across_seeds(a.sources)
+    # An O2 joint model without a periodic evaluation at its last step still has an FID there:
+    # the NTG's own joint FID (same EMA sampler; no precision/recall). It is that run's point,
+    # taken in folder order with the result files (the first folder's point of a run wins).
+    from_ntg: dict[str, dict[int, list[int]]] = {}
+
+    def add_ntg_points(folder: str | Path) -> None:
+        for cell, c in ntg.items():
+            for run, seed, step, fid, where in zip(
+                c["joint_runs"], c["seeds"], c["joint_iterations"], c["fid_joint"], c["runs"]
+            ):
+                if step is None or Path(where).parent != Path(folder):
+                    continue
+                if (run, step) in seen:
+                    if seen[(run, step)][0] == str(folder):
+                        continue  # the same model, evaluated periodically too: not a retraining
+                    repeats.append({
+                        "run": run, "step": step,
+                        "kept": {"folder": seen[(run, step)][0], "fid": seen[(run, step)][1]},
+                        "repeat": {"folder": str(folder), "fid": fid, "from_ntg": True},
+                    })  # fmt: skip
+                    continue
+                first = n_source.setdefault(step, (c["n"], Path(where)))
+                if first[0] != c["n"]:
+                    raise SystemExit(
+                        f"{run}: its O2 joint FID at step {step} has n = {c['n']}, but "
+                        f"{first[1]} has n = {first[0]} there; tabulate each n on its own"
+                    )
+                seen[(run, step)] = (str(folder), fid)
+                points.setdefault(cell, {}).setdefault(step, {}).setdefault("fid", []).append(
+                    (seed, fid)
+                )
+                marked = from_ntg.setdefault(cell, {}).setdefault(step, [])
+                marked.append(seed)
+                marked.sort(key=lambda x: (x is None, x or 0))
+                if seed not in seeds.get(cell, []):
+                    seeds.setdefault(cell, []).append(seed)
+                meta.setdefault(step, {"n": c["n"], "floor": c["floor"]})
+
     for folder in a.sources:
         files = sorted(Path(folder).glob("phase*-*.json"))
         if (
@@ -886,30 +925,7 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                 meta.setdefault(
                     int(point["step"]), {"n": point.get("n"), "floor": point.get("floor")}
                 )
-    ntg = ntg_across_seeds(a.sources)
-    # An O2 joint model without a periodic evaluation at its last step still has an FID there:
-    # the NTG's own joint FID (same EMA sampler; no precision/recall). It is that run's point.
-    from_ntg: dict[str, dict[int, list[int]]] = {}
-    for cell, c in ntg.items():
-        for run, seed, step, fid in zip(
-            c["joint_runs"], c["seeds"], c["joint_iterations"], c["fid_joint"]
-        ):
-            if step is None or (run, step) in seen:
-                continue
-            first = n_source.setdefault(step, (c["n"], Path(c["runs"][0])))
-            if first[0] != c["n"]:
-                raise SystemExit(
-                    f"{run}: its O2 joint FID at step {step} has n = {c['n']}, but {first[1]} has "
-                    f"n = {first[0]} there; tabulate each n on its own"
-                )
-            seen[(run, step)] = (c["runs"][0], fid)
-            points.setdefault(cell, {}).setdefault(step, {}).setdefault("fid", []).append(
-                (seed, fid)
-            )
-            from_ntg.setdefault(cell, {}).setdefault(step, []).append(seed)
-            if seed not in seeds.get(cell, []):
-                seeds.setdefault(cell, []).append(seed)
-            meta.setdefault(step, {"n": c["n"], "floor": c["floor"]})
+        add_ntg_points(folder)
     # each cell's values at a step in seed order (the order the folders came in is arbitrary)
     rows: dict[str, dict[int, dict[str, list[float]]]] = {
         cell: {
@@ -1030,7 +1046,8 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                         r["run"],
                         str(r["step"]),
                         f"{r['kept']['fid']:.1f} ({r['kept']['folder']})",
-                        f"{r['repeat']['fid']:.1f} ({r['repeat']['folder']})",
+                        f"{r['repeat']['fid']:.1f}{' †' if r['repeat'].get('from_ntg') else ''} "
+                        f"({r['repeat']['folder']})",
                     ]
                     for r in repeats
                 ],

@@ -531,3 +531,49 @@ def test_table_lists_each_runs_cost_against_vanilla_only_on_equally_shared_cards
     md = (out / "table.md").read_text().split("### Cost per run")[1]
     assert "| slice | timestep-uw-eps-s0 | 5000 | 7.60 | 2 | 0.95 | 3.46 | — | — |" in md
     assert "| slice | timestep-uw-hybrid-s0 | 3000 | 9.00 | 1 | — | — | — | — |" in md
+
+
+def test_an_o2_joint_fid_follows_the_first_folder_rule_like_any_point(tmp_path):
+    from antdiff.analysis.ntg import FIDMeasurement, compute_ntg
+
+    def ntg_session(folder, run, joint):
+        ms = [FIDMeasurement(joint, 0, n=5000, floor=5.8),
+              FIDMeasurement(joint - 2, 0, (0, 499), 0, n=5000, floor=5.8),
+              FIDMeasurement(joint + 1, 0, (500, 999), 0, n=5000, floor=5.8)]  # fmt: skip
+        compute_ntg(ms, [(0, 499), (500, 999)]).save(folder / f"ntg-{run}")
+        (folder / "runs" / run).mkdir(parents=True)
+        (folder / "runs" / run / "metrics.jsonl").write_text(
+            json.dumps({"step": 5000, "loss": 0.1}) + "\n"
+        )
+
+    def result(folder, run, fid):
+        pts = [{"step": 5000, "n": 5000, "fid": fid, "precision": 0.6, "recall": 0.3}]
+        (folder / f"phase1-{run}.json").write_text(
+            json.dumps({"run": run, "seed": 0, "curve": pts})
+        )
+
+    o2, later = tmp_path / "o2", tmp_path / "later"
+    o2.mkdir(), later.mkdir()
+    ntg_session(o2, "vanilla-hybrid-s0", 40.0)
+    result(later, "vanilla-hybrid-s0", 43.0)  # the same config and seed trained again later
+    proc = _table(tmp_path / "t1", o2, later)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "t1" / "table.json").read_text())
+    assert data["cells"]["5000"]["vanilla-hybrid"]["fid"] == [40.0]  # the first folder's
+    assert data["repeats"][0]["repeat"] == {"folder": str(later), "fid": 43.0}
+    proc = _table(tmp_path / "t2", later, o2)  # the other order: the result file wins
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "t2" / "table.json").read_text())
+    assert data["cells"]["5000"]["vanilla-hybrid"] == {"fid": [43.0], "precision": [0.6],
+                                                       "recall": [0.3]}  # fmt: skip
+    assert data["repeats"][0]["repeat"] == {"folder": str(o2), "fid": 40.0, "from_ntg": True}
+    assert (
+        f"| vanilla-hybrid-s0 | 5000 | 43.0 ({later}) | 40.0 † ({o2}) |"
+        in (tmp_path / "t2" / "table.md").read_text()
+    )
+    # a periodic evaluation and the NTG of the same model (one folder) are not a repeat
+    result(o2, "vanilla-hybrid-s0", 41.0)
+    proc = _table(tmp_path / "t3", o2)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "t3" / "table.json").read_text())
+    assert data["cells"]["5000"]["vanilla-hybrid"]["fid"] == [41.0] and data["repeats"] == []
