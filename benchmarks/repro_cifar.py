@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -401,6 +402,11 @@ def _iterations(folder: Path, run: str) -> int | None:
     return None
 
 
+def _seed_order(seed: int | None) -> tuple[bool, int]:
+    """Sort key of training seeds: ascending, an unknown seed (None) last."""
+    return (seed is None, seed or 0)
+
+
 def ntg_across_seeds(folders: list[str | Path]) -> dict[str, dict[str, Any]]:
     """O2 over training seeds: every ``ntg-<run>/ntg.json`` (``antdiff ntg`` of a joint run and
     the specialists of its session) in ``folders``, grouped by the joint's cell. A session's
@@ -450,9 +456,7 @@ def ntg_across_seeds(folders: list[str | Path]) -> dict[str, dict[str, Any]]:
                 c["ntg"][i].append(row.mean)
                 c["fid_hybrid"][i].append(row.fid_hybrid_mean)
     for c in cells.values():  # each list in seed order, whatever the folders' order
-        order = sorted(
-            range(len(c["seeds"])), key=lambda i: (c["seeds"][i] is None, c["seeds"][i] or 0)
-        )
+        order = sorted(range(len(c["seeds"])), key=lambda i: _seed_order(c["seeds"][i]))
         for key in ("seeds", "joint_runs", "runs", "fid_joint", "joint_iterations",
                     "specialist_iterations"):  # fmt: skip
             c[key] = [c[key][i] for i in order]
@@ -465,8 +469,6 @@ def trainers_per_card(folder: Path) -> dict[str, int]:
     """How many trainers each run shared its card with in a slice, itself included, from the
     device logs' "<name>: training on cuda:N" lines (joints, specialists, every run of the slice);
     {} where the logs are missing."""
-    import re
-
     cards: dict[str, set[str]] = {}
     for log in sorted(folder.glob("*.log")):
         for name, card in re.findall(r"([\w.-]+): training on (cuda:\d+)", log.read_text()):
@@ -571,8 +573,6 @@ def o1_across_runs(folders: list[str | Path]) -> list[dict[str, Any]]:
     the :data:`O1_BLOCK` block; ``r`` is the Pearson correlation of the off-diagonal entries with
     every other matrix of the same bins (do two seeds or checkpoints agree). A matrix is named by
     its run and the checkpoint's step; the same (run, step) in a later folder counts once."""
-    import re
-
     from antdiff.analysis.affinity import TaskAffinity
     from antdiff.schedule import NoiseSchedule
 
@@ -875,7 +875,7 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                 )
                 marked = from_ntg.setdefault(cell, {}).setdefault(step, [])
                 marked.append(seed)
-                marked.sort(key=lambda x: (x is None, x or 0))
+                marked.sort(key=_seed_order)
                 if seed not in seeds.get(cell, []):
                     seeds.setdefault(cell, []).append(seed)
                 meta.setdefault(step, {"n": c["n"], "floor": c["floor"]})
@@ -930,7 +930,7 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
     rows: dict[str, dict[int, dict[str, list[float]]]] = {
         cell: {
             step: {
-                k: [v for _, v in sorted(x, key=lambda sv: (sv[0] is None, sv[0] or 0))]
+                k: [v for _, v in sorted(x, key=lambda sv: _seed_order(sv[0]))]
                 for k, x in by_key.items()
             }
             for step, by_key in by_step.items()
