@@ -336,3 +336,26 @@ def test_save_load_and_feed_the_affinity_clustering(tmp_path):
     pp = odd.save(tmp_path / "odd")
     assert np.load(pp["full"]).shape == (T, T)
     assert odd.clustering_matrix().shape == (T, T)
+
+
+def test_pooling_results_averages_over_all_their_checkpoints_and_refuses_other_settings():
+    a = _synthetic(10, scale=3.0)
+    b = _synthetic(10, scale=1.0)
+    b.meta["checkpoints"] = ["run_b/step_2.pt"]
+    two = TaskAffinity(  # a result of two checkpoints counts twice in the pool
+        np.stack([b.matrix, b.matrix]).mean(0), np.stack([b.matrix, b.matrix]),
+        np.ones((2, 10)), TimestepBins.uniform(T, 10), "exact", None, 8, 0,
+    )  # fmt: skip
+    pooled = TaskAffinity.pooled([a, b], sources=["a", "b"])
+    np.testing.assert_allclose(pooled.matrix, (a.matrix + b.matrix) / 2)
+    assert pooled.num_checkpoints == 2 and pooled.meta["pooled_from"] == ["a", "b"]
+    assert pooled.meta["checkpoints"] == ["run_b/step_2.pt"]
+    np.testing.assert_allclose(TaskAffinity.pooled([a, two]).matrix, (a.matrix + 2 * b.matrix) / 3)
+    other = TaskAffinity(a.matrix, a.per_checkpoint, a.grad_norms, a.bins, "exact", None, 16, 1)
+    with pytest.raises(ValueError, match="number of images, seed: pool only results"):
+        TaskAffinity.pooled([a, other])
+    coarse = _synthetic(5)
+    with pytest.raises(ValueError, match="differs from result 0 in its bins"):
+        TaskAffinity.pooled([a, coarse])
+    with pytest.raises(ValueError, match="at least two"):
+        TaskAffinity.pooled([a])

@@ -179,3 +179,32 @@ def test_ntg_command_trains_specialists_with_the_joint_budget(tiny_run, tmp_path
         == 2
     )
     assert "not a specialist" in capsys.readouterr().err
+
+
+def test_affinity_command_pools_earlier_outputs_without_computing(tmp_path, capsys):
+    from antdiff.analysis.affinity import TimestepBins
+
+    dirs = []
+    for i, scale in enumerate((3.0, 1.0)):
+        gap = np.abs(np.arange(10)[:, None] - np.arange(10)[None, :])
+        m = np.exp(-gap / scale)
+        TaskAffinity(
+            m, m[None], np.ones((1, 10)), TimestepBins.uniform(1000, 10), "exact", None, 8, 0,
+            meta={"schedule": {"name": "linear", "num_timesteps": 1000},
+                  "checkpoints": [f"seed{i}/step_5.pt"]},
+        ).save(tmp_path / f"seed{i}")  # fmt: skip
+        dirs.append(tmp_path / f"seed{i}")
+    out = tmp_path / "mean"
+    # a directory and a .npy of the other: both name an affinity output
+    assert main(["affinity", str(dirs[0]), str(dirs[1] / "affinity.npy"), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "pooled 2 affinity results (2 checkpoints)" in text and "bin gradients" not in text
+    pooled = TaskAffinity.load(out)
+    expect = (TaskAffinity.load(dirs[0]).matrix + TaskAffinity.load(dirs[1]).matrix) / 2
+    np.testing.assert_allclose(pooled.matrix, expect)
+    assert pooled.meta["checkpoints"] == ["seed0/step_5.pt", "seed1/step_5.pt"]
+    assert (out / "affinity.png").exists()
+    # a run beside an affinity output: refused, nothing written
+    assert main(["affinity", str(dirs[0]), str(tmp_path), "--out", str(tmp_path / "mixed")]) == 2
+    assert "not affinity outputs" in capsys.readouterr().err
+    assert not (tmp_path / "mixed").exists()

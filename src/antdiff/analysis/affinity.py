@@ -57,6 +57,7 @@ __all__ = [
     "LossFn",
     "TaskAffinity",
     "TimestepBins",
+    "affinity_metadata_path",
     "epsilon_mse_loss",
     "loss_fn_from_objective",
     "task_affinity",
@@ -335,6 +336,64 @@ class TaskAffinity:
             res[name] = {"spearman": float(r.statistic), "p_value": float(r.pvalue)}
         return res
 
+    @classmethod
+    def pooled(cls, results: Sequence[TaskAffinity], sources: Sequence[str] = ()) -> TaskAffinity:
+        """One affinity over the checkpoints of several results: TAS(a, b) averaged over the
+        union 𝒩 = 𝒩_1 ∪ 𝒩_2 ∪ … (each checkpoint counts once), exactly what one ``task_affinity``
+        call over all those checkpoints gives, since every checkpoint's matrix depends only on
+        the bins, images, seed and mode. E.g. the mean of two training seeds' matrices. Refused
+        unless those settings agree (another draw of images or noise is not the same TAS)."""
+        if len(results) < 2:
+            raise ValueError(f"pooling needs at least two affinity results, got {len(results)}")
+        first = results[0]
+        for i, r in enumerate(results[1:], start=1):
+            differ = [
+                name
+                for name, a, b in (
+                    ("bins", r.bins, first.bins),
+                    ("mode", r.mode, first.mode),
+                    ("sketch dimension", r.sketch_dim, first.sketch_dim),
+                    ("number of images", r.num_images, first.num_images),
+                    ("seed", r.seed, first.seed),
+                    ("schedule", r.meta.get("schedule"), first.meta.get("schedule")),
+                )
+                if a != b
+            ]
+            if differ:
+                raise ValueError(
+                    f"affinity result {i} differs from result 0 in its {', '.join(differ)}: "
+                    "pool only results of one measurement setting, or compute them together "
+                    "(`antdiff affinity RUN_A RUN_B ...`)"
+                )
+        stack = np.concatenate([r.per_checkpoint for r in results])
+        meta = {
+            key: first.meta[key]
+            for key in (
+                "schedule",
+                "model",
+                "bin_loss",
+                "weights",
+                "objective",
+                "train_mode",
+                "data",
+                "batch_size",
+            )  # fmt: skip
+            if key in first.meta and all(r.meta.get(key) == first.meta[key] for r in results)
+        }
+        meta["checkpoints"] = [c for r in results for c in r.meta.get("checkpoints", [])]
+        meta["pooled_from"] = list(sources) or [f"result {i}" for i in range(len(results))]
+        return cls(
+            matrix=stack.mean(axis=0),
+            per_checkpoint=stack,
+            grad_norms=np.concatenate([np.atleast_2d(r.grad_norms) for r in results]),
+            bins=first.bins,
+            mode=first.mode,
+            sketch_dim=first.sketch_dim,
+            num_images=first.num_images,
+            seed=first.seed,
+            meta=meta,
+        )
+
     def mean_at_gaps(self, gaps: Iterable[int] | None = None) -> dict[int, float]:
         """The decay profile: mean affinity of the bin pairs (a, a + g) for each gap g in bins,
         (1/(n_b − g)) Σ_a TAS(a, a + g). O1 says it falls as g grows. Default gaps: 1, 2, 5, 10,
@@ -458,6 +517,17 @@ class TaskAffinity:
             seed=int(meta["seed"]),
             meta={k: v for k, v in meta.items() if k not in keys},
         )
+
+
+def affinity_metadata_path(path: str | Path) -> Path | None:
+    """The ``affinity.json`` of an ``antdiff affinity`` output given as its directory, its
+    ``.json`` or its ``.npy``; None when ``path`` is none of these (e.g. a run directory)."""
+    p = Path(path)
+    if p.is_dir():
+        return next((c for c in sorted(p.glob("*.json")) if _is_affinity_json(c)), None)
+    if p.suffix == ".npy":
+        p = p.with_suffix(".json")
+    return p if p.suffix == ".json" and p.is_file() and _is_affinity_json(p) else None
 
 
 def _is_affinity_json(p: Path) -> bool:

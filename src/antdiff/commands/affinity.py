@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..analysis.affinity import TaskAffinity
 
 HELP = "task-affinity matrix (gradient cosines between timestep bins) of trained checkpoints (O1)"
 
@@ -24,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "runs",
         nargs="+",
         metavar="RUN_OR_CHECKPOINT",
-        help="run directories (latest checkpoint) or checkpoint files",
+        help="run directories (latest checkpoint) or checkpoint files; or outputs of earlier "
+        "`antdiff affinity` calls with the same settings, pooled over all their checkpoints "
+        "(e.g. the mean of two training seeds' matrices) without computing anything",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument(
@@ -91,8 +98,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.affinity import DEFAULT_SKETCH_DIM
+    from ..analysis.affinity import DEFAULT_SKETCH_DIM, TaskAffinity, affinity_metadata_path
     from ..analysis.affinity_pipeline import affinity_of_runs, write_affinity_outputs
+
+    earlier = [affinity_metadata_path(r) for r in args.runs]
+    if any(earlier):
+        if not all(earlier):
+            others = [r for r, e in zip(args.runs, earlier) if e is None]
+            raise ValueError(
+                f"{', '.join(map(repr, others))} not affinity outputs, the others are: give "
+                "either runs/checkpoints (to compute a matrix) or affinity outputs (to pool them)"
+            )
+        pooled = TaskAffinity.pooled(
+            [TaskAffinity.load(e) for e in earlier],  # type: ignore[arg-type]
+            sources=[str(e) for e in earlier],
+        )
+        print(f"pooled {len(earlier)} affinity results ({pooled.num_checkpoints} checkpoints)")
+        _summarize(pooled, write_affinity_outputs(pooled, args.out))
+        return 0
 
     mode = args.mode
     if args.sketch_dim is not None and mode == "auto":
@@ -133,7 +156,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if tty:
         print(file=sys.stderr)
-    paths = write_affinity_outputs(aff, args.out)
+    _summarize(aff, write_affinity_outputs(aff, args.out))
+    return 0
+
+
+def _summarize(aff: TaskAffinity, paths: dict[str, Path]) -> None:
+    """What was measured and written, O1's statistics, and how to cluster with the matrix."""
     from ..schedule import NoiseSchedule
 
     sch = NoiseSchedule.from_dict(aff.meta["schedule"]) if aff.meta.get("schedule") else None
@@ -143,9 +171,10 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"task affinity: {n}×{n} bins, {aff.num_images} images, {aff.num_checkpoints} checkpoint(s), {aff.mode}{d}"
     )
-    print(
-        f"  {aff.meta['gradient_evaluations']} bin gradients in {aff.meta['seconds']:.1f} s; memory bound {aff.meta['memory']['bytes'] / 2**20:.0f} MiB"
-    )
+    if "gradient_evaluations" in aff.meta:  # computed now (a pooled result computed nothing)
+        print(
+            f"  {aff.meta['gradient_evaluations']} bin gradients in {aff.meta['seconds']:.1f} s; memory bound {aff.meta['memory']['bytes'] / 2**20:.0f} MiB"
+        )
     for key, label in (("timestep", "|Δt|"), ("logsnr", "|Δlog-SNR|")):
         r = corr.get(key, {}).get("spearman")
         if r is not None:
@@ -163,4 +192,3 @@ def run(args: argparse.Namespace) -> int:
         f"cluster with: antdiff cluster --cost affinity --affinity {matrix}{sched} "
         f"-T {aff.bins.num_timesteps}"
     )
-    return 0
