@@ -481,8 +481,9 @@ def cost_across_runs(folders: list[str | Path]) -> list[dict[str, Any]]:
     log's windows, the trainers on its card (:func:`trainers_per_card`), its ratio to the vanilla
     run of the same loss and seed *in the same folder* and with as many trainers on its card
     (else None: the rate of a shared card says more about the sharing than about the method),
-    peak CUDA memory allocated while training and while evaluating, and the card. From each folder's ``summary.json`` (every run of the slice, also those without
-    a result file) and its result files; a value neither recorded is None."""
+    peak CUDA memory allocated while training and while evaluating, and the card. From each
+    folder's ``summary.json`` (every run of the slice, also those without a result file) and its
+    result files; a value neither recorded is None."""
     keys = {"iterations": "iterations", "it_per_s": "it_per_s_median",
             "train_gib": "train_peak_mem_gib", "eval_gib": "eval_peak_mem_gib"}  # fmt: skip
     rows: list[dict[str, Any]] = []
@@ -542,7 +543,7 @@ def _cost_lines(rows: list[dict[str, Any]]) -> list[str]:
                 "train GiB",
                 "eval GiB",
                 "card",
-            ],  # fmt: skip
+            ],
             [
                 [
                     r["folder"],
@@ -556,7 +557,7 @@ def _cost_lines(rows: list[dict[str, Any]]) -> list[str]:
                     r["card"] or "—",
                 ]
                 for r in rows
-            ],  # fmt: skip
+            ],
         ),
     ]
 
@@ -830,8 +831,10 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
     folder are kept and the others' points listed as repeats. NTG results in the folders
     (``ntg-<run>/ntg.json``) add the O2 table over training seeds (:func:`ntg_across_seeds`) and
     ``ntg.png``; a folder may hold NTG results alone, and an NTG's joint FID is the FID point (†)
-    of a joint run that has no periodic evaluation at that step. Writes ``table.md``, ``table.json`` and
-    (with FID points) ``fid_curves.png`` to ``--results``."""
+    of a joint run that has no periodic evaluation at that step. Affinity results add the O1
+    section (:func:`o1_across_runs`), ``summary.json`` and the device logs the cost section
+    (:func:`cost_across_runs`). Writes ``table.md``, ``table.json`` and (with FID points)
+    ``fid_curves.png`` to ``--results``."""
     points: dict[str, dict[int, dict[str, list[tuple[int, float]]]]] = {}
     seeds: dict[str, list[int]] = {}
     meta: dict[int, dict[str, Any]] = {}
