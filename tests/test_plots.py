@@ -163,6 +163,10 @@ def test_affinity_and_ntg_plots_render(tmp_path):
     assert _is_png(P.plot_affinity(aff, tmp_path / "aff.png", SCHEDULE))
     assert _is_png(P.plot_affinity(aff, tmp_path / "aff_t.png"))
     assert _is_png(P.plot_affinity_vs_distance(aff, tmp_path / "aff_d.png", SCHEDULE))
+    # a constant matrix has no Spearman ρ (nor p): the panel says so instead of failing
+    flat = TaskAffinity(np.ones((4, 4)), np.ones((1, 4, 4)), np.ones((1, 4)),
+                        TimestepBins.uniform(T, 4), "exact", None, 8, 0)  # fmt: skip
+    assert _is_png(P.plot_affinity_vs_distance(flat, tmp_path / "flat.png", SCHEDULE))
     single = TaskAffinity(
         np.eye(3),
         np.eye(3)[None],

@@ -240,10 +240,10 @@ def plot_affinity_vs_distance(
             ax.legend(fontsize=8, loc="upper right")
         rho = corr.get(name, {}).get("spearman")
         pv = corr.get(name, {}).get("p_value")
+        # p underflows to 0 for a strong correlation over thousands of pairs
+        p_text = "p < 1e-300" if pv == 0 else f"p = {pv:.2g}" if pv is not None else "p undefined"
         ax.set_title(
-            f"Spearman ρ = {rho:+.3f} (p = {pv:.2g})"
-            if rho is not None
-            else "Spearman ρ undefined",
+            f"Spearman ρ = {rho:+.3f} ({p_text})" if rho is not None else "Spearman ρ undefined",
             fontsize=9,
         )
         ax.set_xlabel(label)
