@@ -668,6 +668,86 @@ def _o1_lines(entries: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+#: The paper's Table-1 rows in its order, then this study's extra baselines: (clustering, method
+#: label, the cell's method part in a run name).
+PAPER_ROWS = [
+    ("–", "vanilla", "vanilla"),
+    *(
+        (clustering, label, f"{cost}-{bal}")
+        for cost, clustering in (
+            ("timestep", "timestep"),
+            ("snr", "SNR"),
+            ("logsnr", "log-SNR"),
+            ("affinity", "gradient (affinity)"),
+        )
+        for bal, label in (("pcgrad", "PCGrad"), ("nash", "NashMTL"), ("uw", "UW"))
+    ),  # fmt: skip
+    ("–", "P2 (γ = 1)", "p2"),
+    ("–", "Min-SNR-5", "minsnr"),
+    ("timestep", "UW + P2", "timestep-uw+p2"),
+]
+
+
+def _paper_layout_lines(
+    rows: dict[str, dict[int, dict[str, list[float]]]],
+    from_ntg: dict[str, dict[int, list[int]]],
+    step: int,
+) -> list[str]:
+    """One step's cells in the layout of the paper's Table 1 — a row per clustering × method,
+    a column group per loss — each value the mean over seeds ± half their range (number of
+    seeds), the best mean of each column in bold, and per loss how many ANT cells have a lower
+    mean FID than vanilla (the paper: 36 of 36)."""
+    losses = [lo for lo in LOSSES if any(f"{m}-{lo}" in rows and step in rows[f"{m}-{lo}"]
+                                         for _, _, m in PAPER_ROWS)]  # fmt: skip
+    if not losses:
+        return []
+    keys = (("fid", ".1f", min), ("precision", ".3f", max), ("recall", ".3f", max))
+
+    def value(cell: str, key: str) -> list[float]:
+        return rows.get(cell, {}).get(step, {}).get(key, [])
+
+    best = {
+        (lo, key): pick(np.mean(v) for _, _, m in PAPER_ROWS if (v := value(f"{m}-{lo}", key)))
+        for lo in losses
+        for key, _, pick in keys
+        if any(value(f"{m}-{lo}", key) for _, _, m in PAPER_ROWS)
+    }
+    table_rows = []
+    for clustering, label, m in PAPER_ROWS:
+        if not any(value(f"{m}-{lo}", "fid") for lo in losses):
+            continue
+        shown = [clustering, label]
+        for lo in losses:
+            for key, fmt, _ in keys:
+                x = value(f"{m}-{lo}", key)
+                if not x:
+                    shown.append("—")
+                    continue
+                mean = float(np.mean(x))
+                txt = f"{mean:{fmt}}" + (f" ± {(max(x) - min(x)) / 2:{fmt}}" if len(x) > 1 else "")
+                if abs(mean - best[(lo, key)]) < 1e-12:
+                    txt = f"**{txt}**"
+                mark = " †" if key == "fid" and step in from_ntg.get(f"{m}-{lo}", {}) else ""
+                shown.append(f"{txt}{mark} ({len(x)})" if key == "fid" else txt)
+        table_rows.append(shown)
+    names = {"eps": "ε-MSE", "hybrid": "hybrid"}
+    head = ["clustering", "method"] + [
+        f"{names[lo]} {h}" for lo in losses for h in ("FID ↓ (seeds)", "P ↑", "R ↑")
+    ]
+    lines = ["", f"#### Table-1 layout, {step} iterations", "", *_md_table(head, table_rows), ""]
+    for lo in losses:
+        ref = value(f"vanilla-{lo}", "fid")
+        ant = [m for _, _, m in PAPER_ROWS[1:13] if value(f"{m}-{lo}", "fid")]
+        if ref and ant:
+            better = [m for m in ant if np.mean(value(f"{m}-{lo}", "fid")) < np.mean(ref)]
+            lines.append(
+                f"- {names[lo]}: {len(better)} of the {len(ant)} ANT cells measured here have a "
+                f"lower mean FID than vanilla's {np.mean(ref):.1f} (the paper: all nine in each "
+                "of its four columns, 36 of 36)" + (f" — {', '.join(better)}" if better else "")
+            )
+    return lines
+
+
 def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
     """A Markdown table: header, separator, one line per row."""
     return [
@@ -995,6 +1075,7 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                 "sampler and n), seed(s) "
                 + "; ".join(f"{c} {', '.join(map(str, v))}" for c, v in marked.items()),
             ]
+        lines += _paper_layout_lines(rows, from_ntg, step)
         lines.append("")
     if rows:
         lines.append(
