@@ -83,3 +83,16 @@ def test_wrong_shape_and_corrupt_affinity_from_a_real_process(tmp_path):
         )
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_reader_that_goes_away_stops_the_command_quietly(tmp_path):
+    """`antdiff cluster ... | head`: the pipe closes before the table is written; the command
+    stops with the shell's SIGPIPE status instead of a BrokenPipeError traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "antdiff.cli", "cluster", "-T", "1000", "-k", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    proc.stdout.close()  # before the command (still importing) writes anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err

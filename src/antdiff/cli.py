@@ -61,6 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"antdiff {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`antdiff cluster ... | head`): whatever the
+        # command wrote to files is complete; stop quietly as other Unix tools do. Python would
+        # otherwise fail again flushing stdout at exit, so point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # killed by SIGPIPE, the shell's convention
     return int(rc or 0)
 
 
