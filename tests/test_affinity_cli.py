@@ -67,6 +67,12 @@ def test_affinity_command_feeds_clustering_and_report(tiny_run, tmp_path, capsys
     assert meta["model"]["num_parameters"] > 0 and meta["weights"] == "raw"
     assert meta["checkpoints"][0].endswith("step_000000002.pt")
     assert (out / "affinity.png").exists() and (out / "affinity_gap.png").exists()
+    # A computed matrix is never silently replaced: a second call into the same --out stops
+    # before computing anything (--force replaces it, as the pooling test below shows).
+    capsys.readouterr()
+    assert main(["affinity", str(tiny_run), "--bins", "2", "--out", str(out)]) == 2
+    assert "already holds an affinity result" in capsys.readouterr().err
+    assert TaskAffinity.load(out).matrix.shape == (4, 4)
     # The sketch mode is chosen by --sketch-dim.
     assert (
         main(
@@ -208,3 +214,7 @@ def test_affinity_command_pools_earlier_outputs_without_computing(tmp_path, caps
     assert main(["affinity", str(dirs[0]), str(tmp_path), "--out", str(tmp_path / "mixed")]) == 2
     assert "not affinity outputs" in capsys.readouterr().err
     assert not (tmp_path / "mixed").exists()
+    # pooling again into the same folder needs --force
+    assert main(["affinity", str(dirs[0]), str(dirs[1]), "--out", str(out)]) == 2
+    assert "already holds an affinity result" in capsys.readouterr().err
+    assert main(["affinity", str(dirs[0]), str(dirs[1]), "--out", str(out), "--force"]) == 0

@@ -80,6 +80,10 @@ def test_stats_then_eval_end_to_end(files, capsys):
     net = InceptionFeatures.from_path(files["net"], device="cpu")
     assert ref.n == 120 and ref.features.shape == (100, 6) and ref.checksum == net.checksum
     assert ref.dataset == files["data"]
+    # computed statistics are never silently replaced: a second call stops before any work
+    assert main([*argv, "--device", "cpu", "--n", "10"]) == 2
+    assert "already holds reference statistics" in capsys.readouterr().err
+    assert ReferenceStats.load(files["ref"]).n == 120
 
     good = _run_json(capsys, [*_eval_args(files, files["good"], files["ref"]), "--json"])
     bad = _run_json(capsys, [*_eval_args(files, files["bad"], files["ref"]), "--json"])
@@ -138,6 +142,7 @@ def test_user_errors_are_one_line(files, capsys, tmp_path):
             files["net"],
             "--device",
             "cpu",
+            "--force",  # whatever an earlier test left there
         ]
     )
     capsys.readouterr()

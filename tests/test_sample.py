@@ -190,6 +190,14 @@ def test_sample_cli_writes_npz_with_labels_and_grid(
     assert rc == 0
     raw = np.load(tmp_path / "raw.npz")
     assert set(raw["labels"].tolist()) == {4}
+    # earlier samples are never silently replaced; --force replaces them
+    again_argv = ["sample", str(classcond_run), "--n", "3", "--steps", "2", "--out", str(out)]
+    capsys.readouterr()
+    assert main(again_argv) == 2
+    assert "already holds samples" in capsys.readouterr().err
+    assert np.load(out)["samples"].shape[0] == 12
+    assert main([*again_argv, "--force"]) == 0
+    assert np.load(out)["samples"].shape[0] == 3
 
 
 def test_sample_cli_errors_are_one_line(

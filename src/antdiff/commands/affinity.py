@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import refuse_to_replace
+
 if TYPE_CHECKING:
     from ..analysis.affinity import TaskAffinity
 
@@ -34,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(e.g. the mean of two training seeds' matrices) without computing anything",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument(
+        "--force", action="store_true", help="replace an affinity result already in --out"
+    )
     p.add_argument(
         "--bins",
         type=int,
@@ -101,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis.affinity import DEFAULT_SKETCH_DIM, TaskAffinity, affinity_metadata_path
     from ..analysis.affinity_pipeline import affinity_of_runs, write_affinity_outputs
 
+    refuse_to_replace(Path(args.out) / "affinity.json", "an affinity result", args.force)
     earlier = [affinity_metadata_path(r) for r in args.runs]
     if any(earlier):
         if not all(earlier):

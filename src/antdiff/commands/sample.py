@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from . import refuse_to_replace
+
 HELP = "sample images from a trained run (EMA weights) into samples.npz (uint8 NHWC)"
 
 
@@ -34,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="class-conditional models: sample only this class (default: classes in turn)",
     )
     p.add_argument("--out", default="samples.npz", help="output .npz (default samples.npz)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--grid", default=None, metavar="PNG", help="also write a grid of the first 64")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
@@ -55,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".npz":
         raise ValueError(f"--out must end in .npz, got {out}")
+    refuse_to_replace(out, "samples", args.force)
     bundle = load_for_inference(
         args.run, use_ema=not args.no_ema, device=resolve_device(args.device)
     )

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import refuse_to_replace
+
 HELP = "compute FID/KID/precision-recall reference statistics of a real data set (offline)"
 
 
@@ -25,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="image folder, .npz/.npy, tar(.gz/.xz) of images, MNIST IDX, or 'digits'",
     )
     p.add_argument("--out", metavar="REF.npz", help="where to write the statistics")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument(
         "--n", type=int, default=None, help="use n images, shuffled with --seed (default all)"
     )
@@ -74,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out must end in .npz, got {args.out!r}")
     if not Path(args.out).expanduser().parent.is_dir():
         raise ValueError(f"the folder of --out {args.out!r} does not exist")
+    refuse_to_replace(Path(args.out).expanduser(), "reference statistics", args.force)
     if is_reference_file(args.dataset):
         raise ValueError(f"{args.dataset} already holds reference statistics; give a data set")
     if args.n is not None and args.n < 2:
