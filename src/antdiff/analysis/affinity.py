@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._io import atomic_target, atomic_write_text
 from ..clustering import TaskClusters
 from ..schedule import NoiseSchedule
 from .sketch import CountSketch, derive_seed
@@ -459,16 +460,22 @@ class TaskAffinity:
             "matrix": out / f"{name}.npy",
             "per_checkpoint": out / f"{name}_per_checkpoint.npy",
         }
-        np.save(paths["matrix"], self.matrix)
-        np.save(paths["per_checkpoint"], self.per_checkpoint)
+        # each file atomically, the metadata last: a reader (load) never sees a half-written
+        # matrix, and an interrupted save leaves no metadata pointing at a missing one
+        for key, array in (("matrix", self.matrix), ("per_checkpoint", self.per_checkpoint)):
+            with atomic_target(paths[key]) as f:
+                np.save(f, array)
         meta = self.to_metadata()
         meta["clustering_matrix"] = paths["matrix"].name
         if not self.bins.is_uniform and self.bins.covers_all:
             paths["full"] = out / f"{name}_full.npy"
-            np.save(paths["full"], self.expand())
+            with atomic_target(paths["full"]) as f:
+                np.save(f, self.expand())
             meta["clustering_matrix"] = paths["full"].name
         paths["metadata"] = out / f"{name}.json"
-        paths["metadata"].write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
+        atomic_write_text(
+            paths["metadata"], json.dumps(meta, indent=2, default=_json_default) + "\n"
+        )
         return paths
 
     @classmethod

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .._io import atomic_target
 from . import refuse_to_replace
 
 HELP = "sample images from a trained run (EMA weights) into samples.npz (uint8 NHWC)"
@@ -89,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     arrays = {"samples": images}
     if labels is not None:
         arrays["labels"] = labels.numpy().astype(np.int64)
-    np.savez(out, **arrays)
+    with atomic_target(out) as f:  # an interrupted write keeps any earlier file
+        np.savez(f, **arrays)
     if args.grid:
         save_grid(images[:64], args.grid, scale=max(1, 64 // images.shape[1]))
     s = bundle.config.get("sample", {})

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .._io import atomic_target
 from .inception import InceptionFeatures
 from .metrics import GaussianStats, StatsAccumulator, frechet_distance, gaussian_stats
 
@@ -177,7 +178,7 @@ class ReferenceStats:
             raise ValueError(f"reference statistics are saved as .npz, got {str(p)!r}")
         if not p.parent.exists():
             raise ValueError(f"output folder {str(p.parent)!r} does not exist")
-        with open(p, "wb") as f:
+        with atomic_target(p) as f:  # an interrupted save keeps the earlier file
             np.savez(
                 f,
                 **{_MARKER: np.array(STATS_FORMAT_VERSION)},

@@ -13,14 +13,13 @@ in the same directory, are flushed to disk (``fsync``), then renamed over the fi
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .._io import atomic_target, atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -43,41 +42,8 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:09d}.pt"
 
 
-@contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[Any]:
-    """Yield a binary file object; on success it becomes ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    # Make the rename itself durable (best effort: not every OS lets us fsync a directory).
-    with contextlib.suppress(OSError):
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with _atomic_target(Path(path)) as f:
-        f.write(data)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    with _atomic_target(Path(path)) as f:
+    with atomic_target(path) as f:
         torch.save(obj, f)
 
 
