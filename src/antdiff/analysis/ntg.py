@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from .._io import atomic_write_text
 from ..clustering import TaskClusters
 
 __all__ = ["FIDMeasurement", "NTGRow", "NTGTable", "compute_ntg", "mean_std"]
@@ -196,8 +197,7 @@ class NTGTable:
         p = Path(path)
         if p.suffix != ".json":
             p = p / "ntg.json"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(p, json.dumps(self.to_dict(), indent=2) + "\n")
         return p
 
     @classmethod
