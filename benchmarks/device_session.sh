@@ -38,6 +38,9 @@
 #   AFFINITY_RUNS  runs whose O1 affinity is computed at the end ("vanilla-eps-s0 vanilla-hybrid-s0";
 #               set and empty: none)
 #   AFFINITY_BINS  uniform timestep bins of the O1 matrix (100: the protocol's 10-step bins)
+#   AFFINITY_DRAWS measurement draws (images, timesteps, noise: `antdiff affinity --seed`) per
+#               matrix ("0"); draw d > 0 of run r goes to results/affinity-r-draw<d>, so two
+#               draws of one checkpoint tell the measurement's share of a matrix's pattern
 #   NTG_JOINTS  O2: runs of RUN_GROUPS whose negative transfer gap is measured (none). Beside them
 #               the 5 equal-interval specialists are trained from the first joint's config (same
 #               model, loss, data and STEPS; no balancer, so they serve every joint), on
@@ -73,6 +76,7 @@ TRAIN_SECONDS=${TRAIN_SECONDS:-1380}
 AFFINITY_RUNS=${AFFINITY_RUNS-"vanilla-eps-s0 vanilla-hybrid-s0"} # set and empty: no O1
 ROLE=${DS_ROLE:-call} # "work": the detached worker this script starts (DETACH=1)
 AFFINITY_BINS=${AFFINITY_BINS:-100}
+AFFINITY_DRAWS=${AFFINITY_DRAWS:-0}
 NTG_JOINTS=${NTG_JOINTS:-}
 NTG_DEVICES=${NTG_DEVICES:-"0 1 2 3"}
 NTG_PER_DEVICE=${NTG_PER_DEVICE:-1}
@@ -292,16 +296,20 @@ work() {
     # O1 once every run is finished, or (DETACH) at the deadline on the latest checkpoints
     if [ $all = 1 ] || [ -n "$DETACH" ]; then
         pids=()
+        local d name
         for r in $AFFINITY_RUNS; do
-            if [ -d "$D/repro/$r" ] && [ ! -f "$D/results/affinity-$r/affinity.npy" ]; then
-                say "O1: affinity of $r (EMA weights, $AFFINITY_BINS bins, 1,000 images)"
-                "$PY" -m antdiff.cli affinity "$D/repro/$r" --out "$D/results/affinity-$r" \
-                    --ema --bins "$AFFINITY_BINS" --images "$([ -n "$SMOKE" ] && echo 20 || echo 1000)" \
-                    --mode exact --device "$(device $((i % ${#GROUP[@]})))" \
-                    >"$D/logs/affinity_$r.log" 2>&1 &
-                pids+=($!)
-                i=$((i + 1))
-            fi
+            for d in $AFFINITY_DRAWS; do
+                name=affinity-$r$([ "$d" = 0 ] || echo "-draw$d")
+                if [ -d "$D/repro/$r" ] && [ ! -f "$D/results/$name/affinity.npy" ]; then
+                    say "O1: affinity of $r, draw $d (EMA weights, $AFFINITY_BINS bins, 1,000 images)"
+                    "$PY" -m antdiff.cli affinity "$D/repro/$r" --out "$D/results/$name" --seed "$d" \
+                        --ema --bins "$AFFINITY_BINS" --images "$([ -n "$SMOKE" ] && echo 20 || echo 1000)" \
+                        --mode exact --device "$(device $((i % ${#GROUP[@]})))" \
+                        >"$D/logs/${name/affinity-/affinity_}.log" 2>&1 &
+                    pids+=($!)
+                    i=$((i + 1))
+                fi
+            done
         done
         [ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
     fi

@@ -46,6 +46,7 @@ def test_device_session_dry_run_trains_evaluates_and_bundles(tmp_path: Path) -> 
         **TWO_STEPS,
         "SETS": "train.log_every=1",
         "AFFINITY_BINS": "10",
+        "AFFINITY_DRAWS": "0 1",  # a second measurement draw of the same checkpoint
     }
     proc = _session(env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -55,13 +56,21 @@ def test_device_session_dry_run_trains_evaluates_and_bundles(tmp_path: Path) -> 
         names = set(tar.getnames())
         result = json.load(tar.extractfile("results/phase1-vanilla-eps-s0.json"))  # type: ignore[arg-type]
         env_json = json.load(tar.extractfile("results/environment.json"))  # type: ignore[arg-type]
+        draws = [
+            json.load(tar.extractfile(f"results/affinity-vanilla-eps-s0{d}/affinity.json"))  # type: ignore[arg-type]
+            for d in ("", "-draw1")
+        ]
     assert env_json["cards"] == ["cpu"] and len(env_json["source_digest"]) == 64
     assert {
         "results/summary.md",
         "results/runs/vanilla-eps-s0/metrics.jsonl",
         "results/runs/vanilla-eps-s0/clusters.json",
         "results/affinity-vanilla-eps-s0/affinity.npy",
+        "results/affinity-vanilla-eps-s0-draw1/affinity.npy",
+        "results/affinity_vanilla-eps-s0-draw1.log",
     } <= names
+    assert [d["seed"] for d in draws] == [0, 1]  # same checkpoint, another draw
+    assert draws[0]["checkpoints"] == draws[1]["checkpoints"]
     assert result["iterations"] == 2 and [p["step"] for p in result["curve"]] == [2]
     assert any(n.startswith("results/runs/vanilla-eps-s0/") and n.endswith(".png") for n in names)
     assert result["config"]["train"]["log_every"] == 1  # SETS reached the run's config
