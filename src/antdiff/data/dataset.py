@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._io import atomic_target
 from .sources import (
     TAR_SUFFIXES,
     ArrayStore,
@@ -206,11 +207,9 @@ def _load_disk_cache(p: Path) -> ArrayStore | None:
 
 
 def _save_disk_cache(p: Path, store: ArrayStore) -> None:
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + f".tmp{os.getpid()}.npz")
     meta = json.dumps({"class_names": store.class_names, "skipped": store.skipped})
-    np.savez(tmp, images=store.images, labels=store.labels, meta=np.array(meta))
-    os.replace(tmp, p)
+    with atomic_target(p) as f:  # concurrent ranks each write a whole file; the last rename wins
+        np.savez(f, images=store.images, labels=store.labels, meta=np.array(meta))
 
 
 # ----------------------------------------------------------------------------- opening
