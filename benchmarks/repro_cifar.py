@@ -589,10 +589,7 @@ def o1_across_runs(folders: list[str | Path]) -> list[dict[str, Any]]:
             if (run, step) in seen:
                 continue
             seen.add((run, step))
-            sch = aff.meta.get("schedule") or {}
-            schedule = NoiseSchedule.from_name(
-                sch.get("name", "linear"), sch.get("num_timesteps", aff.bins.num_timesteps)
-            )
+            schedule = NoiseSchedule.from_dict(aff.meta["schedule"])  # as antdiff affinity does
             corr = aff.distance_correlation(schedule)
             n = len(aff.bins)
             try:
