@@ -34,7 +34,9 @@
 #   BUDGET      seconds this call may use (570)
 #   SMOKE       1: a CPU dry run of this script's logic (digits, tiny UNet, a stand-in FID net)
 #   DETACH      1: trainers outlive the call (above); TRAIN_SECONDS (1380) from the first call's
-#               start to the deadline
+#               start to the deadline. The deadline is final (the machine goes away with the run
+#               folders), so a trainer whose next evaluation cannot end before it stops at once
+#               (`repro_cifar.py --deadline-is-final`): its card goes to the O1 matrices sooner
 #   AFFINITY_RUNS  runs whose O1 affinity is computed at the end ("vanilla-eps-s0 vanilla-hybrid-s0";
 #               set and empty: none)
 #   AFFINITY_BINS  uniform timestep bins of the O1 matrix (100: the protocol's 10-step bins)
@@ -220,7 +222,8 @@ repro() { # DEVICE RUNS
     "$PY" benchmarks/repro_cifar.py train "${SLICE_ARGS[@]}" --only "$2" --devices "$1" --per-device 8 \
         --data "$DATA" --ref "$REF" --inception "$INCEPTION" --steps "$STEPS" \
         --eval-every "$EVAL_EVERY" --eval-n "$EVAL_N" --root "$D/repro" --results "$D/results" \
-        --time-limit "$(left)" "${EXTRA[@]}" >>"$D/logs/repro_${1//:/}.log" 2>&1
+        --time-limit "$(left)" ${DETACH:+--deadline-is-final} "${EXTRA[@]}" \
+        >>"$D/logs/repro_${1//:/}.log" 2>&1
 }
 ntg() { # the O2 command of this script's settings; extra arguments follow
     "$PY" -m antdiff.cli ntg --intervals uniform:5 --inception "$INCEPTION" "$@"

@@ -1251,6 +1251,12 @@ def main() -> None:
     ap.add_argument("--per-device", type=int, default=1, help="concurrent trainers per device")
     ap.add_argument("--time-limit", type=float, default=None, help="seconds, then checkpoint+stop")
     ap.add_argument(
+        "--deadline-is-final",
+        action="store_true",
+        help="no later call continues these runs (the machine goes away with them): stop a "
+        "trainer as soon as its next evaluation cannot end before --time-limit",
+    )
+    ap.add_argument(
         "--set",
         dest="overrides",
         nargs="+",
@@ -1296,6 +1302,7 @@ def main() -> None:
         devices=a.devices.split(","),
         per_device=a.per_device,
         time_limit=a.time_limit,
+        deadline_is_final=a.deadline_is_final,
         progress=lambda m: print(f"[repro {time.strftime('%H:%M:%S')}] {m}", flush=True),
     )
     print(f"[repro] slice {a.slice}: {len(configs)} runs handled in {time.time() - t0:.0f} s")

@@ -124,9 +124,11 @@ def test_detached_work_outlives_the_call_and_stops_at_the_deadline(tmp_path: Pat
         result = json.load(tar.extractfile("results/phase1-vanilla-eps-s0.json"))  # type: ignore[arg-type]
     assert "results/affinity-vanilla-eps-s0/affinity.npy" in names
     assert "results/work.log" in names
-    # stopped by the deadline, with a checkpoint, after at least one evaluation
+    # stopped by the deadline, with a checkpoint, after at least one evaluation (or just before
+    # it: the deadline is final, so a trainer whose next evaluation cannot end in time stops)
     assert 3 <= result["iterations"] < 100000 and result["curve"][0]["step"] == 3
-    assert "time limit reached" in (dev / "logs" / "repro_cpu.log").read_text()
+    log = (dev / "logs" / "repro_cpu.log").read_text()
+    assert "time limit reached" in log or "vanilla-eps-s0: its next evaluation (step" in log
 
 
 def test_o2_trains_the_specialists_beside_the_joint_and_measures_the_ntg(tmp_path: Path) -> None:

@@ -367,3 +367,134 @@ def test_assign_shards_balances_contiguous_parts_of_the_job_list():
     assert assign_shards([], 3) == []
     with pytest.raises(ValueError, match="n_shard"):
         assign_shards(jobs, 0)
+
+
+def _metrics(run: Path, rows: list[dict[str, Any]], written_at: float, tail: str = "") -> None:
+    import os
+
+    run.mkdir(parents=True, exist_ok=True)
+    log = run / "metrics.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows) + tail)
+    os.utime(log, (written_at, written_at))
+
+
+def test_next_result_projects_the_next_evaluation_from_the_log(tmp_path):
+    from antdiff.analysis.ntg_pipeline import next_result
+
+    run = tmp_path / "run"
+    rows = [
+        {"step": 2400, "it_per_s": 8.0},
+        {"step": 2500, "it_per_s": 10.0},
+        {"step": 2500, "eval": {"fid": 99.0}, "eval_seconds": {"sampling": 240.0, "metrics": 10.0}},
+        {"step": 2600, "it_per_s": 5.0},  # the last window's rate is the one that counts
+    ]
+    # a line still being written is skipped, not an error
+    _metrics(run, rows, written_at=1000.0, tail='{"step": 27')
+    nxt = next_result(run, eval_every=2500, steps=50000)
+    assert nxt is not None and nxt.step == 5000 and nxt.is_evaluation
+    assert nxt.done_at == pytest.approx(1000.0 + 2400 / 5.0 + 250.0)
+
+
+def test_next_result_before_the_first_evaluation_is_a_lower_bound(tmp_path):
+    from antdiff.analysis.ntg_pipeline import next_result
+
+    run = tmp_path / "run"
+    _metrics(run, [{"step": 100, "it_per_s": 20.0}], written_at=50.0)
+    nxt = next_result(run, eval_every=2500, steps=50000)
+    assert nxt is not None and nxt.step == 2500
+    assert nxt.done_at == pytest.approx(50.0 + 2400 / 20.0)  # no evaluation time known yet
+
+
+def test_next_result_without_evaluations_left_is_the_last_step(tmp_path):
+    from antdiff.analysis.ntg_pipeline import next_result
+
+    run = tmp_path / "run"
+    rows = [
+        {"step": 5000, "eval": {"fid": 40.0}, "eval_seconds": {"sampling": 100.0}},
+        {"step": 5200, "it_per_s": 4.0},
+    ]
+    _metrics(run, rows, written_at=0.0)
+    nxt = next_result(run, eval_every=5000, steps=6000)
+    assert nxt is not None and nxt.step == 6000 and not nxt.is_evaluation
+    assert nxt.done_at == pytest.approx(800 / 4.0)  # no evaluation at the end: training only
+    nxt = next_result(run, eval_every=0, steps=6000)  # a specialist: never evaluates
+    assert nxt is not None and nxt.step == 6000 and not nxt.is_evaluation
+    assert next_result(run, eval_every=5000, steps=5200) is None  # nothing left to do
+    assert next_result(tmp_path / "starting", eval_every=5000, steps=6000) is None  # no log
+    _metrics(tmp_path / "compiling", [{"step": 0, "eval": {"fid": 1.0}}], written_at=0.0)
+    assert next_result(tmp_path / "compiling", eval_every=5000, steps=6000) is None  # no rate
+
+
+@pytest.mark.parametrize("final", [True, False])
+def test_run_trainers_stops_a_trainer_whose_next_evaluation_cannot_end_in_time(tmp_path, final):
+    """With a final deadline a trainer that cannot reach its next evaluation before it is
+    stopped at once (nothing it trains after its last evaluation would survive the machine),
+    while one that can is left alone; without ``deadline_is_final`` both get SIGTERM only at
+    the deadline."""
+    import signal
+    import time
+
+    from antdiff.analysis import ntg_pipeline
+
+    signalled: dict[str, float] = {}
+    start = time.monotonic()
+
+    class Trainer:
+        def __init__(self, name: str, ends_after: float | None):
+            self.name, self.ends_after = name, ends_after
+
+        def poll(self):
+            if self.name in signalled:
+                return 0
+            if self.ends_after is not None and time.monotonic() - start > self.ends_after:
+                return 0
+            return None
+
+        def send_signal(self, sig):
+            assert sig == signal.SIGTERM
+            signalled.setdefault(self.name, time.monotonic() - start)
+
+    now = time.time()
+    # "slow": evaluated at 2500, now at 2600 at 1 it/s: step 5000 is ~40 minutes away
+    _metrics(
+        tmp_path / "slow",
+        [
+            {"step": 2500, "eval": {"fid": 99.0}, "eval_seconds": {"sampling": 60.0}},
+            {"step": 2600, "it_per_s": 1.0},
+        ],
+        written_at=now,
+    )
+    # "fast": 100 steps from its evaluation at 1000 it/s, which then takes 1 s
+    _metrics(
+        tmp_path / "fast",
+        [
+            {"step": 2500, "eval": {"fid": 99.0}, "eval_seconds": {"sampling": 1.0}},
+            {"step": 4900, "it_per_s": 1000.0},
+        ],
+        written_at=now,
+    )
+    configs = []
+    for name in ("slow", "fast"):
+        cfg = tmp_path / f"{name}.yaml"
+        run = {"dir": str(tmp_path / name)}
+        cfg.write_text(yaml.safe_dump({"run": run, "train": {"steps": 50000, "eval_every": 2500}}))
+        configs.append(cfg)
+    trainers = {"slow": Trainer("slow", None), "fast": Trainer("fast", 1.5)}
+    said: list[str] = []
+    ntg_pipeline.run_trainers(
+        configs,
+        devices=["cpu"],
+        per_device=2,
+        time_limit=3.0,
+        launcher=lambda cfg, dev, log: trainers[Path(cfg).stem],
+        progress=said.append,
+        deadline_is_final=final,
+    )
+    assert "fast" not in signalled  # it ended by itself, before the deadline
+    if final:
+        assert signalled["slow"] < 1.0
+        assert any("slow: its next evaluation (step 5000) would be done" in m for m in said)
+        assert "slow: stopped at step 0" in said
+    else:
+        assert signalled["slow"] >= 3.0
+        assert not any("would be done" in m for m in said)

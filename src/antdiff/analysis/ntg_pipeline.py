@@ -224,6 +224,55 @@ def run_finished(run: str | Path, steps: int) -> bool:
     return not path.is_file() or pending_evaluation(path) is None
 
 
+@dataclass(frozen=True)
+class NextResult:
+    """When a running trainer's next result is due, projected from its ``metrics.jsonl``.
+
+    ``step`` is its next evaluation (the first multiple of ``train.eval_every`` past the last
+    evaluated step), or ``train.steps`` when no evaluation remains; ``done_at`` the wall time
+    (``time.time()``) at which it would be done: the time of the log's last line (the file's
+    modification time) + the steps still to train at the last window's rate + the last
+    evaluation's duration (0 before the first, so that the projection is then a lower bound)."""
+
+    step: int
+    done_at: float
+    is_evaluation: bool
+
+
+def next_result(run: str | Path, *, eval_every: int, steps: int) -> NextResult | None:
+    """The projected :class:`NextResult` of ``run``; None while its log has no training line
+    with a rate (the trainer is still starting or compiling) or when nothing is left to do."""
+    log = Path(run) / "metrics.jsonl"
+    try:
+        text = log.read_text()
+        last_line_at = log.stat().st_mtime
+    except OSError:
+        return None
+    step, rate, evaluated, eval_seconds = 0, None, 0, 0.0
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line the trainer is still writing
+            continue
+        step = max(step, int(row.get("step", 0)))
+        if "eval" in row:
+            evaluated = max(evaluated, int(row["step"]))
+            eval_seconds = float(sum((row.get("eval_seconds") or {}).values()))
+        elif row.get("it_per_s"):
+            rate = float(row["it_per_s"])
+    if rate is None:
+        return None
+    target = (evaluated // eval_every + 1) * eval_every if eval_every > 0 else steps + 1
+    is_evaluation = target <= steps
+    if not is_evaluation:
+        target = steps
+        if step >= steps:
+            return None
+    to_train = max(0, target - step)
+    done_at = last_line_at + to_train / rate + (eval_seconds if is_evaluation else 0.0)
+    return NextResult(step=target, done_at=done_at, is_evaluation=is_evaluation)
+
+
 def run_trainers(
     configs: Sequence[str | Path],
     *,
@@ -232,13 +281,18 @@ def run_trainers(
     time_limit: float | None = None,
     launcher: Callable[[Path, str, Path], Any] | None = None,
     progress: Callable[[str], None] | None = None,
+    deadline_is_final: bool = False,
 ) -> list[Path]:
     """Train (or resume, ``--resume auto``) every config whose run is not finished yet, up to
     ``len(devices) × per_device`` at once, each new run on the least busy device; a run's log
     is ``RUN/train.log``. Each trainer gets an equal share of the host's CPU threads
     (:func:`trainer_threads`, through ``OMP/OPENBLAS/MKL_NUM_THREADS`` unless already set).
     With ``time_limit`` (seconds) the trainers still running are sent SIGTERM when it expires
-    (they write a checkpoint and exit 0); call again to continue.
+    (they write a checkpoint and exit 0); call again to continue. ``deadline_is_final``: no
+    later call will continue these runs (a machine that goes away with its run directories), so
+    a trainer whose next result — its next evaluation, or its last step when none remains
+    (:func:`next_result`) — cannot be done before the deadline is stopped at once instead of
+    training on for nothing; its card is free for whatever comes next.
     Returns the run directories; raises if a trainer fails, quoting the end of its log."""
     import yaml
 
@@ -250,6 +304,7 @@ def run_trainers(
         _default_launcher, threads=trainer_threads(len(devs) * per_device)
     )
     todo: list[tuple[Path, Path]] = []
+    schedule: dict[Path, tuple[int, int]] = {}  # run -> (train.eval_every, train.steps)
     runs: list[Path] = []
     for c in configs:
         cfg = yaml.safe_load(Path(c).read_text()) or {}
@@ -261,6 +316,7 @@ def run_trainers(
         run = Path(run_dir)
         runs.append(run)
         steps = int((cfg.get("train") or {}).get("steps", 0))
+        schedule[run] = (int((cfg.get("train") or {}).get("eval_every") or 0), steps)
         if run_finished(run, steps):
             say(f"{run.name}: done ({steps} steps)")
             continue
@@ -270,6 +326,8 @@ def run_trainers(
     deadline = None if time_limit is None else time.monotonic() + time_limit
     failures: list[str] = []
     stopped = False
+    early: set[Path] = set()  # runs stopped because their next result could not be done in time
+    next_check = 0.0
     while todo or running:
         while todo and len(running) < len(devs) * per_device and not stopped:
             load = {d: sum(r[1] == d for r in running) for d in devs}
@@ -288,19 +346,35 @@ def run_trainers(
                 if proc.poll() is None:
                     # The trainer alone: it stops its DataLoader workers after checkpointing.
                     proc.send_signal(signal.SIGTERM)
+        if deadline_is_final and deadline is not None and not stopped:
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + 10.0
+                wall_deadline = time.time() + (deadline - now)
+                for proc, _, run in running:
+                    nxt = next_result(run, eval_every=schedule[run][0], steps=schedule[run][1])
+                    if run in early or proc.poll() is not None or nxt is None:
+                        continue
+                    if nxt.done_at > wall_deadline:
+                        early.add(run)
+                        what = "evaluation" if nxt.is_evaluation else "last step"
+                        say(
+                            f"{run.name}: its next {what} (step {nxt.step}) would be done "
+                            f"~{nxt.done_at - wall_deadline:.0f} s after the deadline: stopping it"
+                        )
+                        proc.send_signal(signal.SIGTERM)
         still = []
         for proc, dev, run in running:
             rc = proc.poll()
             if rc is None:
                 still.append((proc, dev, run))
-            elif rc != 0 and not stopped:
+            elif rc != 0 and not stopped and run not in early:
                 log = run / "train.log"
                 tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
                 failures.append(f"{run} failed (exit {rc}); end of {log}:\n{tail}")
             else:
-                say(
-                    f"{run.name}: {'stopped' if stopped else 'finished'} at step {_latest_step(run)}"
-                )
+                how = "stopped" if stopped or run in early else "finished"
+                say(f"{run.name}: {how} at step {_latest_step(run)}")
         running = still
     if failures:
         raise RuntimeError("\n\n".join(failures))
