@@ -238,6 +238,31 @@ finished() { # RUN: exit 0 when the run reached STEPS and owes no evaluation
 sys.exit(0 if f('$D/repro/$1', $STEPS) else 1)"
 }
 
+o1() { # RUN DRAW CARD: one O1 matrix of RUN's EMA weights (unless it is there already)
+    local name=affinity-$1$([ "$2" = 0 ] || echo "-draw$2")
+    [ -d "$D/repro/$1" ] && [ ! -f "$D/results/$name/affinity.npy" ] || return 0
+    say "O1: affinity of $1, draw $2 (EMA weights, $AFFINITY_BINS bins, 1,000 images)"
+    "$PY" -m antdiff.cli affinity "$D/repro/$1" --out "$D/results/$name" --seed "$2" \
+        --ema --bins "$AFFINITY_BINS" --images "$([ -n "$SMOKE" ] && echo 20 || echo 1000)" \
+        --mode exact --device "$(device "$3")" >"$D/logs/${name/affinity-/affinity_}.log" 2>&1
+}
+o1_matrices() { # [GROUP-INDEX]: the O1 matrices (of that group's runs only), all at once; the
+    # k-th of AFFINITY_RUNS x AFFINITY_DRAWS goes to card k mod (number of groups). A run's
+    # matrices start once it is finished, or (DETACH) once its trainer stopped at the deadline.
+    local r d k=0 pids=()
+    for r in $AFFINITY_RUNS; do
+        for d in $AFFINITY_DRAWS; do
+            if { [ -z "${1:-}" ] || [[ ",${GROUP[$1]}," == *",$r,"* ]]; } &&
+                { [ -n "$DETACH" ] || finished "$r"; }; then
+                o1 "$r" "$d" $((k % ${#GROUP[@]})) &
+                pids+=($!)
+            fi
+            k=$((k + 1))
+        done
+    done
+    [ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
+}
+
 work() {
     local pids=() first=0
     if [ -n "${THROUGHPUT:-}" ] && [ -z "$SMOKE" ] && [ ! -f "$D/results/throughput.done" ]; then
@@ -257,7 +282,8 @@ work() {
     fi
     local i
     for i in "${!GROUP[@]}"; do
-        repro "$(device $((i + first)))" "${GROUP[$i]}" &
+        # a group's O1 matrices start as soon as its trainers are done, not after every group's
+        { repro "$(device $((i + first)))" "${GROUP[$i]}"; o1_matrices "$i"; } &
         pids+=($!)
     done
     local joint0=${NTG_JOINTS%% *} devs=() k
@@ -294,28 +320,10 @@ work() {
             [ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
         fi
     fi
-    local all=1 r i=0
+    local all=1 r
     for r in $(echo "$RUN_GROUPS" | tr ' ,' '\n\n'); do finished "$r" || all=0; done
-    # O1 once every run is finished, or (DETACH) at the deadline on the latest checkpoints
-    if [ $all = 1 ] || [ -n "$DETACH" ]; then
-        pids=()
-        local d name
-        for r in $AFFINITY_RUNS; do
-            for d in $AFFINITY_DRAWS; do
-                name=affinity-$r$([ "$d" = 0 ] || echo "-draw$d")
-                if [ -d "$D/repro/$r" ] && [ ! -f "$D/results/$name/affinity.npy" ]; then
-                    say "O1: affinity of $r, draw $d (EMA weights, $AFFINITY_BINS bins, 1,000 images)"
-                    "$PY" -m antdiff.cli affinity "$D/repro/$r" --out "$D/results/$name" --seed "$d" \
-                        --ema --bins "$AFFINITY_BINS" --images "$([ -n "$SMOKE" ] && echo 20 || echo 1000)" \
-                        --mode exact --device "$(device $((i % ${#GROUP[@]})))" \
-                        >"$D/logs/${name/affinity-/affinity_}.log" 2>&1 &
-                    pids+=($!)
-                    i=$((i + 1))
-                fi
-            done
-        done
-        [ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
-    fi
+    # whatever matrix is still missing (a failed one, or a run finished by an earlier call)
+    o1_matrices
     for r in $NTG_JOINTS; do [ -f "$D/results/ntg-$r/ntg.json" ] || all=0; done
     [ $all = 1 ] && touch "$D/results/slice.finished"
     return 0
