@@ -233,17 +233,23 @@ specialists_finished() { # exit 0 when every specialist (5 intervals x NTG_SEEDS
 runs = glob.glob('$D/ntg/specialists/*/'); want = 5 * len('$NTG_SEEDS'.split(',')); \
 sys.exit(0 if len(runs) == want and all(run_finished(r, $STEPS) for r in runs) else 1)"
 }
-finished() { # RUN: exit 0 when the run reached STEPS and owes no evaluation
-    "$PY" -c "import sys; from antdiff.analysis.ntg_pipeline import run_finished as f; \
-sys.exit(0 if f('$D/repro/$1', $STEPS) else 1)"
+finished() { # RUN [RUN ...]: exit 0 when every run reached STEPS and owes no evaluation (one
+    # interpreter for all: each start imports torch, ~5 s, which once delayed the O1 by ~45 s)
+    "$PY" - "$D/repro" "$STEPS" "$@" <<'PYEOF'
+import sys
+from antdiff.analysis.ntg_pipeline import run_finished
+root, steps, runs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+sys.exit(0 if all(run_finished(f"{root}/{r}", steps) for r in runs) else 1)
+PYEOF
 }
 
 o1() { # RUN DRAW CARD: one O1 matrix of RUN's EMA weights (unless it is there already)
-    local name=affinity-$1$([ "$2" = 0 ] || echo "-draw$2")
+    local name=affinity-$1$([ "$2" = 0 ] || echo "-draw$2") images=1000
     [ -d "$D/repro/$1" ] && [ ! -f "$D/results/$name/affinity.npy" ] || return 0
-    say "O1: affinity of $1, draw $2 (EMA weights, $AFFINITY_BINS bins, 1,000 images)"
+    [ -n "$SMOKE" ] && images=20
+    say "O1: affinity of $1, draw $2 (EMA weights, $AFFINITY_BINS bins, $images images, card $3)"
     "$PY" -m antdiff.cli affinity "$D/repro/$1" --out "$D/results/$name" --seed "$2" \
-        --ema --bins "$AFFINITY_BINS" --images "$([ -n "$SMOKE" ] && echo 20 || echo 1000)" \
+        --ema --bins "$AFFINITY_BINS" --images "$images" \
         --mode exact --device "$(device "$3")" >"$D/logs/${name/affinity-/affinity_}.log" 2>&1
 }
 o1_matrices() { # [GROUP-INDEX]: the O1 matrices (of that group's runs only), all at once; the
@@ -300,7 +306,8 @@ work() {
     [ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
     if [ -n "$NTG_JOINTS" ] && specialists_finished; then
         local j ok=1
-        for j in $NTG_JOINTS; do finished "$j" || ok=0; done
+        # shellcheck disable=SC2086 # a list of names
+        finished $NTG_JOINTS || ok=0
         if [ $ok = 1 ]; then # every FID of every joint, sharded over the GPUs, then the tables
             local prec=(--precision bf16) specs=("$D"/ntg/specialists/*/)
             # the smoke runs sample with 2 steps, which would skip intervals
@@ -321,7 +328,8 @@ work() {
         fi
     fi
     local all=1 r
-    for r in $(echo "$RUN_GROUPS" | tr ' ,' '\n\n'); do finished "$r" || all=0; done
+    # shellcheck disable=SC2046 # a list of names
+    finished $(echo "$RUN_GROUPS" | tr ' ,' '\n\n') || all=0
     # whatever matrix is still missing (a failed one, or a run finished by an earlier call)
     o1_matrices
     for r in $NTG_JOINTS; do [ -f "$D/results/ntg-$r/ntg.json" ] || all=0; done
