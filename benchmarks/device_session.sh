@@ -8,17 +8,18 @@
 # of a group side by side on that GPU) until the call's budget, then collect the result JSONs,
 # the training summary, logs and metrics into $OUT/<stamp>.tar.gz. Run folders live in DEV_DIR
 # (/tmp/antdiff_device_session) and survive between calls while the machine stays warm; every
-# call bundles inside BUDGET, so a lost machine loses only the work since the last reply. Once
-# every run is finished it computes the O1 affinity of AFFINITY_RUNS (EMA weights, AFFINITY_BINS
-# bins, 1,000 images, exact mode).
+# call bundles inside BUDGET, so a lost machine loses only the work since the last reply. Once a
+# run of AFFINITY_RUNS is finished (checked right after its group's trainers are done) it
+# computes its O1 affinity (EMA weights, AFFINITY_BINS bins, 1,000 images, exact mode).
 #
 # DETACH=1 keeps the trainers running *between* calls: the first call starts the work in a new
 # process session (which outlives the call) with a fixed deadline, TRAIN_SECONDS after the first
 # call began; every call, that one too, waits up to its BUDGET and bundles a snapshot of the
 # results so far. No trainer restarts, recompiles or abandons an evaluation at a call boundary,
-# and each reply brings what exists even if the machine is lost later. At the deadline the
-# trainers checkpoint and stop and the affinity of the AFFINITY_RUNS present is computed (latest
-# checkpoint). Back-to-back calls keep the machine (it goes back 30 s after a call).
+# and each reply brings what exists even if the machine is lost later. At the deadline (or
+# before it, once a trainer's next evaluation cannot end in time) the trainers checkpoint and
+# stop, and the affinity of each group's AFFINITY_RUNS is computed as soon as that group is
+# done (latest checkpoint). Back-to-back calls keep the machine (it goes back 30 s after a call).
 #
 # Settings (environment):
 #   RUN_GROUPS      space-separated groups, one per GPU, each a comma-separated list of run names of
