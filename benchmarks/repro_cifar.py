@@ -954,11 +954,19 @@ def _plot_ntg_across_seeds(cells: dict[str, dict[str, Any]], path: Path) -> Path
 
 def _plot_fid_curves(rows: dict[str, dict[int, dict[str, list[float]]]], path: Path) -> Path:
     """FID against iterations: mean over seeds, bars spanning their range; one colour per
-    method, dashed for the hybrid loss."""
+    method, dashed for the hybrid loss; a logarithmic FID axis when the FIDs span more than a
+    factor of 4 (the early points would otherwise flatten the differences between the late)."""
     from antdiff.plots import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    every = [x for c in rows.values() for v in c.values() for x in v.get("fid", [])]
+    if every and min(every) > 0 and max(every) / min(every) > 4:
+        from matplotlib.ticker import FormatStrFormatter
+
+        ax.set_yscale("log")
+        for axis_format in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis_format(FormatStrFormatter("%g"))  # 20, 30, ..., not 2 × 10¹
     methods = sorted({c.rsplit("-", 1)[0] for c in rows})
     for c, by_step in sorted(rows.items()):
         st = sorted(by_step)
