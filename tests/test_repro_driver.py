@@ -52,10 +52,16 @@ def test_grid_lists_the_protocol():
         [sys.executable, str(DRIVER), "list", "phase1"], capture_output=True, text=True, check=True
     ).stdout.splitlines()
     names = [line.split()[0] for line in out]
-    assert len(names) == 16  # 6 methods × 2 losses + a second seed of vanilla and ANT-UW
+    protocol = [n for n in names if not n.startswith("diag-")]
+    assert len(protocol) == 16  # 6 methods × 2 losses + a second seed of vanilla and ANT-UW
     assert {"vanilla-eps-s1", "timestep-uw-hybrid-s1", "p2-hybrid-s0", "minsnr-eps-s0"} <= set(
         names
     )
+    # the diagnostics: vanilla with one setting changed (Adam's β₂), seed 0, each loss
+    diag = {line.split()[0]: line.split()[2:] for line in out if line.startswith("diag-")}
+    assert set(diag) == {"diag-adam099-vanilla-eps-s0", "diag-adam099-vanilla-hybrid-s0"}
+    vanilla = {line.split()[0]: line.split()[2:] for line in out}["vanilla-eps-s0"]
+    assert diag["diag-adam099-vanilla-eps-s0"] == ["optim.betas=[0.9,", "0.99]", *vanilla]
     out2 = subprocess.run(
         [sys.executable, str(DRIVER), "list", "phase2", "--loss", "eps"],
         capture_output=True,
@@ -665,3 +671,33 @@ def test_optimizer_view_pairs_the_norm_fall_with_the_first_evaluation(tmp_path):
     assert view["steady"]["fall"] == 1.0 and view["steady"]["adam_step"] == pytest.approx(1.0)
     assert view["falls"]["adam_step"] < 0.5  # Adam still remembers the norm of 1.0
     assert view["falls"]["first_eval"] == {"step": 2500, "fid": 150.0}
+
+
+def test_table_shows_a_diagnostic_beside_vanilla_but_never_as_the_best(tmp_path):
+    """A diagnostic (a protocol run with one setting changed) is listed and compared with vanilla
+    of its loss, but the bold "best of the column" belongs to the protocol's cells alone."""
+    folder = tmp_path / "slice"
+    folder.mkdir()
+    for run, fid, recall in (
+        ("vanilla-eps-s0", 50.0, 0.30),
+        ("diag-adam099-vanilla-eps-s0", 40.0, 0.40),
+    ):
+        point = {
+            "step": 2500,
+            "n": 10,
+            "fid": fid,
+            "precision": 0.5,
+            "recall": recall,
+            "floor": 1.0,
+        }
+        (folder / f"phase1-{run}.json").write_text(
+            json.dumps({"run": run, "seed": 0, "curve": [point]})
+        )
+    proc = _table(tmp_path / "out", folder)
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "out" / "table.md").read_text()
+    assert "| diag-adam099-vanilla-eps (diagnostic) | 1 | 40.0 | 0.500 | 0.400 |" in md
+    assert "| vanilla-eps | 1 | **50.0** | **0.500** | **0.300** |" in md
+    conv = json.loads((tmp_path / "out" / "table.json").read_text())["convergence"]
+    assert conv["diag-adam099-vanilla-eps"]["vanilla"] == "vanilla-eps"
+    assert conv["diag-adam099-vanilla-eps"]["steps_to_target"] == 2500
