@@ -400,41 +400,12 @@ def cluster_loss_ratios(runs: list[Path], window: int = 5) -> dict[str, dict[str
     return out
 
 
-def adam_step_scale(
-    steps: np.ndarray, grad_norm: np.ndarray, clip: float | None, beta2: float = 0.999
-) -> np.ndarray:
-    """Adam's step at each logged step relative to its steady state, from the logged gradient
-    norms: s_t = ĝ_t / sqrt(v̂_t), v_t = β₂ v_{t−1} + (1 − β₂) ĝ_t², v̂_t = v_t / (1 − β₂^t), with
-    ĝ = min(‖g‖, clip) the clipped norm. Adam divides each update by such a running RMS (per
-    coordinate; this is its global-norm proxy), so after a fall of the gradient norm by a
-    factor r its steps stay about r times below the learning rate for ~1/(1 − β₂) steps.
-    Each logged norm (a window's last step) stands for every step of its window; NaN norms
-    (lines without one) are carried over from the previous line."""
-    g = np.asarray(grad_norm, dtype=float)
-    if clip:
-        g = np.minimum(g, clip)
-    out = np.full(g.shape, np.nan)
-    v, t, prev_step, last = 0.0, 0, 0, np.nan
-    for i, (step, norm) in enumerate(zip(np.asarray(steps, dtype=int), g)):
-        last = norm if np.isfinite(norm) else last
-        if not np.isfinite(last):
-            prev_step = step
-            continue
-        n = max(1, int(step) - prev_step)
-        prev_step = int(step)
-        # n steps at the same norm: v_{t+n} = β₂ⁿ v_t + (1 − β₂ⁿ) ĝ²
-        decay = beta2**n
-        v = decay * v + (1 - decay) * last**2
-        t += n
-        out[i] = last / np.sqrt(v / (1 - beta2**t))
-    return out
-
-
 def optimizer_view(
     runs: list[Path], early: int = 500, window: tuple[int, int] = (1500, 2500)
 ) -> dict[str, dict[str, Any]]:
     """Per run: the median clipped gradient norm over the log lines at steps ≤ ``early`` and in
-    ``window``, their ratio (the fall), the mean of Adam's step scale (:func:`adam_step_scale`)
+    ``window``, their ratio (the fall), the mean of Adam's step scale
+    (:func:`antdiff.analysis.logs.adam_step_scale`, with the run's clip and β₂)
     over the lines in (``early``, ``window[1]``], and the run's FID at its first evaluation
     (from its log). Returns ``{run: {...}}`` for the runs whose log covers ``window``."""
     from antdiff.analysis.logs import read_training_log
@@ -442,14 +413,14 @@ def optimizer_view(
     out: dict[str, dict[str, Any]] = {}
     for run in runs:
         log = read_training_log(run)
-        clip = (log.config.get("optim") or {}).get("grad_clip")
-        g = log.grad_norm if not clip else np.minimum(log.grad_norm, clip)
+        clip = log.grad_clip
+        g = log.clipped_grad_norm()
         a = g[(log.steps <= early) & np.isfinite(g)]
         in_window = (log.steps >= window[0]) & (log.steps <= window[1]) & np.isfinite(g)
         if not a.size or not in_window.any() or log.steps.max() < window[1]:
             continue
         b = g[in_window]
-        scale = adam_step_scale(log.steps, log.grad_norm, clip)
+        scale = log.adam_step_scale()
         between = (log.steps > early) & (log.steps <= window[1]) & np.isfinite(scale)
         first_eval = next(((s, e) for s, e in log.evals if e.get("fid") is not None), None)
         out[run.name] = {
@@ -487,7 +458,8 @@ def _optimizer_lines(view: dict[str, dict[str, Any]]) -> list[str]:
         "",
         "Clipped gradient norm min(‖g‖, clip), median over the log lines at steps ≤ 500 and in "
         "[1500, 2500], and its fall between them; Adam's step relative to its steady state "
-        "(ĝ/sqrt(v̂), β₂ = 0.999, from the logged norms — one per log window — as a global-norm "
+        "(ĝ/sqrt(v̂) with the run's β₂, 0.999 in the protocol, from the logged norms — one per "
+        "log window — as a global-norm "
         "proxy of Adam's per-coordinate scaling), mean over steps 501–2500; FID at the run's "
         "first evaluation.",
         "",

@@ -250,3 +250,59 @@ def test_ntg_bars_carry_error_bars_only_where_there_is_a_spread(tmp_path, monkey
     assert seen[0] is None
     assert seen[1] is not None and np.allclose(seen[1], [paired.rows[0].std])
     assert paired.rows[0].std == pytest.approx(np.std([-1.0, -2.0], ddof=1))
+
+
+def test_adam_step_scale_follows_adams_running_rms_of_the_clipped_norm():
+    from antdiff.analysis.logs import adam_step_scale
+
+    steps = np.arange(100, 3001, 100)
+    # a constant norm: Adam's bias-corrected RMS is that norm, the step is at its steady state
+    np.testing.assert_allclose(adam_step_scale(steps, np.full(steps.shape, 0.3), None), 1.0)
+    # the norm (clipped: 3.0 -> 1.0) falls tenfold at step 1000: per-step reference of Adam's v
+    norms = np.where(steps <= 1000, 3.0, 0.1)
+    got = adam_step_scale(steps, norms, clip=1.0)
+    v, ref = 0.0, {}
+    for t in range(1, 3001):
+        g = 1.0 if t <= 1000 else 0.1
+        v = 0.999 * v + 0.001 * g * g
+        ref[t] = g / np.sqrt(v / (1 - 0.999**t))
+    np.testing.assert_allclose(got, [ref[int(s)] for s in steps], rtol=1e-9)
+    assert got[9] == pytest.approx(1.0) and got[10] < 0.15  # right after the fall
+    assert got[-1] > got[10]  # recovering as the memory of the large norms fades
+    # a line without a norm carries the previous one
+    holes = norms.astype(float).copy()
+    holes[15] = np.nan
+    np.testing.assert_allclose(adam_step_scale(steps, holes, clip=1.0), got)
+
+
+def test_a_runs_adam_step_uses_its_clip_and_beta2(tmp_path):
+    from antdiff.analysis.logs import adam_step_scale
+
+    run = write_run(tmp_path / "run", "uw", corrupt_tail=False)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    # the norm falls from 3 (clipped to 1) to 0.1 after the fifth line
+    norms = [3.0] * 5 + [0.1] * (len(lines) - 5)
+    rows = [json.loads(x) for x in lines]
+    for row, g in zip([r for r in rows if "loss" in r], norms):
+        row["grad_norm"] = g
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(cfg + "optim:\n  grad_clip: 1.0\n  betas: [0.9, 0.99]\n")
+    log = read_training_log(run)
+    assert log.grad_clip == 1.0
+    np.testing.assert_array_equal(log.clipped_grad_norm()[:6], [1, 1, 1, 1, 1, 0.1])
+    got = log.adam_step_scale()
+    np.testing.assert_allclose(got, adam_step_scale(log.steps, log.grad_norm, 1.0, 0.99))
+    # a 100-step memory forgets the large norms within the run; the default 0.999 would not
+    assert got[-1] > 0.9 > adam_step_scale(log.steps, log.grad_norm, 1.0, 0.999)[-1]
+    assert _is_png(P.plot_optimizer(log, tmp_path / "f" / "optimizer.png"))
+
+
+def test_plot_optimizer_needs_gradient_norms(tmp_path):
+    run = write_run(tmp_path / "run", "uw", corrupt_tail=False)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        row.pop("grad_norm", None)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="grad_norm"):
+        P.plot_optimizer(read_training_log(run), tmp_path / "f" / "none.png")

@@ -57,6 +57,7 @@ def test_full_report(tmp_path):
         "## Task clusters",
         "## Per-cluster losses",
         "## Balancer weights",
+        "## Gradient norm and Adam's step",
         "## Gradient conflicts",
         "## FID during training",
         "## Task affinity (O1)",
@@ -79,6 +80,8 @@ def test_full_report(tmp_path):
     L0 = np.mean([0.2 / (n + 1) for n in range(15, 20)])
     ratio = text.split("UW ½e^{−s_i} over its stationary point k/(2·L_i):")[1].split("\n\n")[1]
     assert f"| 1000 | {0.5 / (4 / (2 * L0)):.4g} |" in ratio
+    # a level gradient norm (1.0, no clip configured): Adam at its steady step throughout
+    assert "| uw_run | – | 1 | 1 | 1.00 (50) | 50 |" in text
     # The runs table quotes the trainer's own "loss" key (the last window's mean per-sample loss).
     assert "| uw_run | ANT-uw | – | – | 1000 | 0.005 | 5 | 500 | 3 | 10 |" in text
 

@@ -625,28 +625,6 @@ def test_table_lays_each_step_out_like_the_papers_table_1_and_counts_cells_beati
     assert not any(x.startswith("- hybrid:") for x in layout.splitlines())
 
 
-def test_adam_step_scale_follows_adams_running_rms_of_the_clipped_norm():
-    adam_step_scale = _driver_module().adam_step_scale
-    steps = np.arange(100, 3001, 100)
-    # a constant norm: Adam's bias-corrected RMS is that norm, the step is at its steady state
-    np.testing.assert_allclose(adam_step_scale(steps, np.full(steps.shape, 0.3), None), 1.0)
-    # the norm (clipped: 3.0 -> 1.0) falls tenfold at step 1000: per-step reference of Adam's v
-    norms = np.where(steps <= 1000, 3.0, 0.1)
-    got = adam_step_scale(steps, norms, clip=1.0)
-    v, ref = 0.0, {}
-    for t in range(1, 3001):
-        g = 1.0 if t <= 1000 else 0.1
-        v = 0.999 * v + 0.001 * g * g
-        ref[t] = g / np.sqrt(v / (1 - 0.999**t))
-    np.testing.assert_allclose(got, [ref[int(s)] for s in steps], rtol=1e-9)
-    assert got[9] == pytest.approx(1.0) and got[10] < 0.15  # right after the fall
-    assert got[-1] > got[10]  # recovering as the memory of the large norms fades
-    # a line without a norm carries the previous one
-    holes = norms.astype(float).copy()
-    holes[15] = np.nan
-    np.testing.assert_allclose(adam_step_scale(steps, holes, clip=1.0), got)
-
-
 def test_optimizer_view_pairs_the_norm_fall_with_the_first_evaluation(tmp_path):
     import yaml
 

@@ -383,6 +383,34 @@ def plot_balancer_weights(log: TrainingLog, path: str | Path, title: str | None 
     return _save(fig, path)
 
 
+def plot_optimizer(log: TrainingLog, path: str | Path, title: str | None = None) -> Path:
+    """The gradient norm over training (before clipping, and the clip) and Adam's step relative
+    to its steady state (:meth:`~antdiff.analysis.logs.TrainingLog.adam_step_scale`): where the
+    norm falls, Adam keeps stepping below its learning rate for ~1/(1 − β₂) steps."""
+    norm = log.grad_norm
+    ok = np.isfinite(norm) & (norm > 0)
+    if not ok.any():
+        raise ValueError(f"{log.path} has no gradient norms to plot (grad_norm)")
+    plt = pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11.2, 3.8))
+    a.plot(log.steps[ok], norm[ok], lw=1.0, label="‖g‖ before clipping")
+    if log.grad_clip is not None:
+        a.axhline(log.grad_clip, color="k", lw=0.8, ls="--", label=f"clip {log.grad_clip:g}")
+    a.set_yscale("log")
+    a.set_xlabel("step")
+    a.set_ylabel("gradient norm")
+    a.legend(fontsize=7)
+    scale = log.adam_step_scale()
+    fine = np.isfinite(scale)
+    b.plot(log.steps[fine], scale[fine], lw=1.2, color="C2")
+    b.axhline(1.0, color="k", lw=0.8, ls=":")
+    b.set_ylim(0, max(1.1, float(np.nanmax(scale)) * 1.05) if fine.any() else 1.1)
+    b.set_xlabel("step")
+    b.set_ylabel("Adam step / steady state  (ĝ/√v̂)")
+    fig.suptitle(title or "gradient norm and Adam's step", fontsize=10)
+    return _save(fig, path)
+
+
 def plot_conflicts(
     log: TrainingLog,
     path: str | Path,

@@ -333,6 +333,62 @@ def _weights_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
         w.missing.append("balancer weights (no UW/Nash/other balancer run among the inputs)")
 
 
+def _optimizer_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
+    from . import plots
+
+    w.h(2, "Gradient norm and Adam's step")
+    rows = []
+    for name, log in logs.items():
+        norm = log.grad_norm
+        if not (np.isfinite(norm) & (norm > 0)).any():
+            w.missing.append(f"gradient norms of {name} (no grad_norm in metrics.jsonl)")
+            continue
+        scale = log.adam_step_scale()
+        if not np.isfinite(scale).any():
+            continue
+        w.h(3, name)
+        w.figure(
+            lambda path, lg=log: plots.plot_optimizer(lg, path),
+            f"optimizer_{name}",
+            f"gradient norm and Adam's step of {name}",
+        )
+        clipped = log.clipped_grad_norm()
+        i_low = int(np.nanargmin(scale))
+        # the first logged step from which Adam's step stays at >= 0.9 of its steady size
+        below = np.flatnonzero(~(scale >= 0.9))
+        back = (
+            int(log.steps[0])
+            if below.size == 0
+            else int(log.steps[below[-1] + 1])
+            if below[-1] + 1 < len(log)
+            else None
+        )
+        rows.append([
+            name, _fmt(log.grad_clip), _fmt(float(np.nanmedian(clipped[:5]))),
+            _fmt(float(np.nanmedian(clipped[-5:]))), f"{scale[i_low]:.2f} ({int(log.steps[i_low])})",
+            "not by the last line" if back is None else back,
+        ])  # fmt: skip
+    if rows:
+        w.p(
+            "Adam divides each step by a running RMS of the gradients (β₂: a memory of "
+            "~1/(1 − β₂) steps), so when the gradient norm falls — as it does early in "
+            "diffusion training — its steps stay below the learning rate until the memory "
+            "fades. The step here is the global-norm proxy ĝ/√v̂ from the logged norms "
+            "(clipped, one per log window).\n\n"
+            + _table(
+                [
+                    "run",
+                    "clip",
+                    "clipped norm, first 5 lines",
+                    "last 5 lines",
+                    "lowest Adam step (at step)",
+                    "≥ 0.9 of steady from step",
+                ],
+                rows,
+            )  # fmt: skip
+        )
+
+
 def _conflicts_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
     from . import plots
 
@@ -538,6 +594,7 @@ def write_report(
         _clusters_section(w, logs)
         _training_section(w, logs)
         _weights_section(w, logs)
+        _optimizer_section(w, logs)
         _conflicts_section(w, logs)
         _eval_section(w, logs)
     else:

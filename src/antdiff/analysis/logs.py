@@ -22,7 +22,7 @@ import numpy as np
 
 from ..clustering import TaskClusters
 
-__all__ = ["TrainingLog", "read_training_log"]
+__all__ = ["TrainingLog", "adam_step_scale", "read_training_log"]
 
 #: balancer-record keys that hold a k×k matrix whose negative off-diagonal entries are conflicts
 _SIGNED_MATRIX_KEYS = ("cosine", "cosines", "cos", "gram", "gramian")
@@ -184,6 +184,28 @@ class TrainingLog:
             "frequency": total[ia, ib],
         }
 
+    # ---------------------------------------------------------------- optimiser
+    @property
+    def grad_clip(self) -> float | None:
+        """The run's gradient-norm clip (``optim.grad_clip``; None when off)."""
+        optim = self.config.get("optim", {}) if isinstance(self.config, dict) else {}
+        clip = optim.get("grad_clip")
+        return float(clip) if clip else None
+
+    def clipped_grad_norm(self) -> np.ndarray:
+        """The logged gradient norm (before clipping) capped at :attr:`grad_clip`: the norm of
+        the gradient the optimiser was given."""
+        clip = self.grad_clip
+        return self.grad_norm if clip is None else np.minimum(self.grad_norm, clip)
+
+    def adam_step_scale(self) -> np.ndarray:
+        """Adam's step relative to its steady state at each logged step
+        (:func:`adam_step_scale` with the run's clip and β₂ = ``optim.betas[1]``, 0.999 when
+        not set)."""
+        optim = self.config.get("optim", {}) if isinstance(self.config, dict) else {}
+        betas = optim.get("betas") or (0.9, 0.999)
+        return adam_step_scale(self.steps, self.grad_norm, self.grad_clip, float(betas[1]))
+
     # ---------------------------------------------------------------- evaluation
     def eval_series(self, metric: str = "fid") -> tuple[np.ndarray, np.ndarray]:
         """Steps and values of one evaluation metric (possibly empty arrays)."""
@@ -243,6 +265,36 @@ def _conflict_matrix(rec: dict[str, Any], k: int) -> np.ndarray | None:
             np.fill_diagonal(m, np.nan)
             return m
     return None
+
+
+def adam_step_scale(
+    steps: np.ndarray, grad_norm: np.ndarray, clip: float | None, beta2: float = 0.999
+) -> np.ndarray:
+    """Adam's step at each logged step relative to its steady state, from the logged gradient
+    norms: s_t = ĝ_t / sqrt(v̂_t), v_t = β₂ v_{t−1} + (1 − β₂) ĝ_t², v̂_t = v_t / (1 − β₂^t), with
+    ĝ = min(‖g‖, clip) the clipped norm. Adam divides each update by such a running RMS (per
+    coordinate; this is its global-norm proxy), so after a fall of the gradient norm by a
+    factor r its steps stay about r times below the learning rate for ~1/(1 − β₂) steps, and a
+    rise makes them larger for as long. Each logged norm (a window's last step) stands for
+    every step of its window; a line without a norm carries the previous one (NaN before the
+    first)."""
+    g = np.asarray(grad_norm, dtype=float)
+    if clip:
+        g = np.minimum(g, clip)
+    out = np.full(g.shape, np.nan)
+    v, t, prev_step, last = 0.0, 0, 0, math.nan
+    for i, (step, norm) in enumerate(zip(np.asarray(steps, dtype=int), g)):
+        last = norm if np.isfinite(norm) else last
+        if not np.isfinite(last):
+            prev_step = int(step)
+            continue
+        n = max(1, int(step) - prev_step)
+        prev_step = int(step)
+        decay = beta2**n  # n steps at the same norm: v ← β₂ⁿ v + (1 − β₂ⁿ) ĝ²
+        v = decay * v + (1 - decay) * last**2
+        t += n
+        out[i] = last / math.sqrt(v / (1 - beta2**t)) if v > 0 else math.nan
+    return out
 
 
 def read_training_log(run_or_file: str | Path) -> TrainingLog:
