@@ -81,7 +81,7 @@ def test_full_report(tmp_path):
     ratio = text.split("UW ½e^{−s_i} over its stationary point k/(2·L_i):")[1].split("\n\n")[1]
     assert f"| 1000 | {0.5 / (4 / (2 * L0)):.4g} |" in ratio
     # a level gradient norm (1.0, no clip configured): Adam at its steady step throughout
-    assert "| uw_run | – | 1 | 1 | 1.00 (50) | 50 |" in text
+    assert "| uw_run | – | 1 | 1 | 1.00 (50) | 1.00 | 1.00 |" in text
     # The runs table quotes the trainer's own "loss" key (the last window's mean per-sample loss).
     assert "| uw_run | ANT-uw | – | – | 1000 | 0.005 | 5 | 500 | 3 | 10 |" in text
 

@@ -343,7 +343,7 @@ def _optimizer_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
         if not (np.isfinite(norm) & (norm > 0)).any():
             w.missing.append(f"gradient norms of {name} (no grad_norm in metrics.jsonl)")
             continue
-        scale = log.adam_step_scale()
+        scale = log.adam_step_scale(smooth=5)
         if not np.isfinite(scale).any():
             continue
         w.h(3, name)
@@ -354,38 +354,29 @@ def _optimizer_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
         )
         clipped = log.clipped_grad_norm()
         i_low = int(np.nanargmin(scale))
-        # the first logged step from which Adam's step stays at >= 0.9 of its steady size
-        below = np.flatnonzero(~(scale >= 0.9))
-        back = (
-            int(log.steps[0])
-            if below.size == 0
-            else int(log.steps[below[-1] + 1])
-            if below[-1] + 1 < len(log)
-            else None
-        )
+        quarter = max(1, len(log) // 4)
         rows.append([
             name, _fmt(log.grad_clip), _fmt(float(np.nanmedian(clipped[:5]))),
             _fmt(float(np.nanmedian(clipped[-5:]))), f"{scale[i_low]:.2f} ({int(log.steps[i_low])})",
-            "not by the last line" if back is None else back,
+            f"{np.nanmean(scale[:quarter]):.2f}", f"{np.nanmean(scale[-quarter:]):.2f}",
         ])  # fmt: skip
     if rows:
+        head = [
+            "run",
+            "clip",
+            "clipped norm, first 5 lines",
+            "last 5 lines",
+            "lowest Adam step (at step)",
+            "mean, first quarter",
+            "mean, last quarter",
+        ]
         w.p(
             "Adam divides each step by a running RMS of the gradients (β₂: a memory of "
             "~1/(1 − β₂) steps), so when the gradient norm falls — as it does early in "
             "diffusion training — its steps stay below the learning rate until the memory "
             "fades. The step here is the global-norm proxy ĝ/√v̂ from the logged norms "
-            "(clipped, one per log window).\n\n"
-            + _table(
-                [
-                    "run",
-                    "clip",
-                    "clipped norm, first 5 lines",
-                    "last 5 lines",
-                    "lowest Adam step (at step)",
-                    "≥ 0.9 of steady from step",
-                ],
-                rows,
-            )  # fmt: skip
+            "(clipped, one per log window), averaged over 5 log lines; a norm that fluctuates "
+            "keeps it below 1 (mean ĝ over root-mean-square ĝ).\n\n" + _table(head, rows)
         )
 
 

@@ -198,13 +198,16 @@ class TrainingLog:
         clip = self.grad_clip
         return self.grad_norm if clip is None else np.minimum(self.grad_norm, clip)
 
-    def adam_step_scale(self) -> np.ndarray:
+    def adam_step_scale(self, smooth: int = 1) -> np.ndarray:
         """Adam's step relative to its steady state at each logged step
         (:func:`adam_step_scale` with the run's clip and β₂ = ``optim.betas[1]``, 0.999 when
-        not set)."""
+        not set), averaged over the trailing ``smooth`` log lines: one logged norm is one
+        step's, and a single small one reads as a dip of Adam's step that the steps around it
+        do not share."""
         optim = self.config.get("optim", {}) if isinstance(self.config, dict) else {}
         betas = optim.get("betas") or (0.9, 0.999)
-        return adam_step_scale(self.steps, self.grad_norm, self.grad_clip, float(betas[1]))
+        scale = adam_step_scale(self.steps, self.grad_norm, self.grad_clip, float(betas[1]))
+        return scale if smooth <= 1 else _trailing_nanmean(scale, smooth)
 
     # ---------------------------------------------------------------- evaluation
     def eval_series(self, metric: str = "fid") -> tuple[np.ndarray, np.ndarray]:
