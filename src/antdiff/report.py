@@ -274,6 +274,12 @@ def _clusters_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
         w.p("*No clusters available.*")
 
 
+def _run_figure(w: _Writer, name: str, log: TrainingLog, plot: Any, kind: str, what: str) -> None:
+    """A run's sub-heading and its ``kind`` figure (``figures/<kind>_<run>.png``)."""
+    w.h(3, name)
+    w.figure(lambda path: plot(log, path), f"{kind}_{name}", f"{what} of {name}")
+
+
 def _training_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
     from . import plots
 
@@ -282,12 +288,7 @@ def _training_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
         if len(log) == 0 or log.k == 0:
             w.missing.append(f"loss curves of {name} (no training lines in metrics.jsonl)")
             continue
-        w.h(3, name)
-        w.figure(
-            lambda path, lg=log: plots.plot_cluster_losses(lg, path),
-            f"losses_{name}",
-            f"per-cluster losses of {name}",
-        )
+        _run_figure(w, name, log, plots.plot_cluster_losses, "losses", "per-cluster losses")
         rows = []
         for frac in (0.1, 0.5, 1.0):
             i, v = _row_at(log.cluster_losses, frac)
@@ -311,12 +312,7 @@ def _weights_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
             if not series:
                 continue
         any_ = True
-        w.h(3, name)
-        w.figure(
-            lambda path, lg=log: plots.plot_balancer_weights(lg, path),
-            f"weights_{name}",
-            f"balancer weights of {name}",
-        )
+        _run_figure(w, name, log, plots.plot_balancer_weights, "weights", "balancer weights")
         uw, stationary = log.uw_weights(), log.uw_stationary_weights()
         if uw is not None and stationary is not None:
             # 1 where s has caught up with the losses: UW is then the inverse-loss weighting
@@ -346,11 +342,8 @@ def _optimizer_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
         scale = log.adam_step_scale(smooth=5)
         if not np.isfinite(scale).any():
             continue
-        w.h(3, name)
-        w.figure(
-            lambda path, lg=log: plots.plot_optimizer(lg, path),
-            f"optimizer_{name}",
-            f"gradient norm and Adam's step of {name}",
+        _run_figure(
+            w, name, log, plots.plot_optimizer, "optimizer", "gradient norm and Adam's step"
         )
         clipped = log.clipped_grad_norm()
         i_low = int(np.nanargmin(scale))
@@ -389,12 +382,7 @@ def _conflicts_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
         if log.conflicts() is None:
             continue
         any_ = True
-        w.h(3, name)
-        w.figure(
-            lambda path, lg=log: plots.plot_conflicts(lg, path),
-            f"conflicts_{name}",
-            f"gradient conflicts of {name}",
-        )
+        _run_figure(w, name, log, plots.plot_conflicts, "conflicts", "gradient conflicts")
         vs = log.conflict_vs_distance()
         if vs is not None:
             rows = [
