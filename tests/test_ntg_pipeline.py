@@ -425,6 +425,42 @@ def test_next_result_without_evaluations_left_is_the_last_step(tmp_path):
     assert next_result(tmp_path / "compiling", eval_every=5000, steps=6000) is None  # no rate
 
 
+def test_next_result_ignores_the_start_up_window_of_each_trainer_process(tmp_path):
+    """Rows as slice 8's vanilla run wrote them: the first window of a process holds its
+    start-up (compilation), 1.2 it/s and, after a resume, 0.47 it/s for a run that trains at
+    16-17; a projection from them (hours to step 5000) once stopped three runs at 130-200."""
+    from antdiff.analysis.ntg_pipeline import next_result
+
+    first = {"step": 100, "window": 100, "it_per_s": 1.2, "time": 82.2}  # compiled, then trained
+    _metrics(tmp_path / "a", [first], written_at=0.0)
+    assert next_result(tmp_path / "a", eval_every=5000, steps=50000) is None  # no steady rate
+    steady = {"step": 200, "window": 100, "it_per_s": 17.0, "time": 88.1}
+    _metrics(tmp_path / "a", [first, steady], written_at=0.0)
+    nxt = next_result(tmp_path / "a", eval_every=5000, steps=50000)
+    assert nxt is not None and nxt.done_at == pytest.approx(4800 / 17.0)
+    # an evaluation in between does not start a process: the next window begins at its step
+    evaluation = {"step": 5000, "eval": {"fid": 44.0}, "eval_seconds": {"sampling": 75.0}}
+    rows = [first, steady, {"step": 5000, "window": 100, "it_per_s": 17.6, "time": 380.0}]
+    after = {"step": 5100, "window": 100, "it_per_s": 15.8, "time": 463.8}
+    _metrics(tmp_path / "a", [*rows, evaluation, after], written_at=0.0)
+    nxt = next_result(tmp_path / "a", eval_every=5000, steps=50000)
+    assert nxt is not None and nxt.done_at == pytest.approx(4900 / 15.8 + 75.0)
+    # stopped at 196, resumed: the new process's first window (4 steps after a recompilation)
+    # begins at 196, not where the last line ended, although its clock reads later (95.4 s)
+    resumed = {"step": 200, "window": 4, "it_per_s": 0.47, "time": 95.4}
+    _metrics(tmp_path / "b", [first, resumed], written_at=0.0)
+    assert next_result(tmp_path / "b", eval_every=5000, steps=50000) is None
+    warm = {"step": 300, "window": 100, "it_per_s": 16.0, "time": 101.3}
+    _metrics(tmp_path / "b", [first, resumed, warm], written_at=10.0)
+    nxt = next_result(tmp_path / "b", eval_every=5000, steps=50000)
+    assert nxt is not None and nxt.done_at == pytest.approx(10.0 + 4700 / 16.0)
+    # a restart whose first window begins at the last line's step (stopped right after a log
+    # line): its 91-s window cannot fit the 18 s its clock reads past that line's
+    restarted = {"step": 300, "window": 100, "it_per_s": 1.1, "time": 106.0}
+    _metrics(tmp_path / "c", [first, steady, restarted], written_at=0.0)
+    assert next_result(tmp_path / "c", eval_every=5000, steps=50000) is None
+
+
 @pytest.mark.parametrize("final", [True, False])
 def test_run_trainers_stops_a_trainer_whose_next_evaluation_cannot_end_in_time(tmp_path, final):
     """With a final deadline a trainer that cannot reach its next evaluation before it is

@@ -239,9 +239,37 @@ class NextResult:
     is_evaluation: bool
 
 
+def _same_process(previous: dict[str, Any] | None, row: dict[str, Any]) -> bool:
+    """Whether training line ``row`` continues the process that wrote ``previous`` (see
+    :func:`next_result`); a line without ``window`` and ``time`` cannot tell and counts."""
+    window, t = row.get("window"), row.get("time")
+    if window is None and t is None:
+        return True
+    if previous is None:
+        return False
+    if window is not None and int(row["step"]) - int(window) != int(previous.get("step", -1)):
+        return False
+    prev_t = previous.get("time")
+    if t is None or prev_t is None or window is None:
+        return t is None or prev_t is None or float(t) > float(prev_t)
+    # within a process the time between two lines covers the window (and any evaluation)
+    window_seconds = int(window) / float(row["it_per_s"])
+    return window_seconds <= 1.05 * (float(t) - float(prev_t)) + 1.0
+
+
 def next_result(run: str | Path, *, eval_every: int, steps: int) -> NextResult | None:
     """The projected :class:`NextResult` of ``run``; None while its log has no training line
-    with a rate (the trainer is still starting or compiling) or when nothing is left to do."""
+    with a steady rate (the trainer is still starting or compiling) or when nothing is left to do.
+
+    A trainer process's first logged window also holds its start: data loading and, with
+    ``train.compile``, ~100 s of compilation, so its ``it_per_s`` is 10-40x below the steady
+    rate (a resumed run logs 0.47 it/s where it trains at 16). That window is never the rate:
+    a training line starts a new process when it is the log's first, when its window does not
+    begin where the previous training line ended (``step - window``), or when the window's own
+    duration (``window / it_per_s``) is longer than the time since that line (``time`` counts
+    seconds since the process started: a restarted clock, or one whose first window also holds
+    the start-up); the rate waits for that process's second line. Lines without ``window`` and
+    ``time`` are taken as they are."""
     log = Path(run) / "metrics.jsonl"
     try:
         text = log.read_text()
@@ -249,6 +277,7 @@ def next_result(run: str | Path, *, eval_every: int, steps: int) -> NextResult |
     except OSError:
         return None
     step, rate, evaluated, eval_seconds = 0, None, 0, 0.0
+    last: dict[str, Any] | None = None  # the previous training line
     for line in text.splitlines():
         try:
             row = json.loads(line)
@@ -259,7 +288,8 @@ def next_result(run: str | Path, *, eval_every: int, steps: int) -> NextResult |
             evaluated = max(evaluated, int(row["step"]))
             eval_seconds = float(sum((row.get("eval_seconds") or {}).values()))
         elif row.get("it_per_s"):
-            rate = float(row["it_per_s"])
+            rate = float(row["it_per_s"]) if _same_process(last, row) else None
+            last = row
     if rate is None:
         return None
     target = (evaluated // eval_every + 1) * eval_every if eval_every > 0 else steps + 1
