@@ -570,14 +570,46 @@ def ntg_across_seeds(folders: list[str | Path]) -> dict[str, dict[str, Any]]:
 
 
 def trainers_per_card(folder: Path) -> dict[str, int]:
-    """How many trainers each run shared its card with in a slice, itself included, from the
-    device logs' "<name>: training on cuda:N" lines (joints, specialists, every run of the slice);
+    """How many trainers each run shared its card with at once in a slice, itself included: the
+    most runs whose spans on that card overlap one of its spans. A span runs from a device log's
+    "[repro HH:MM:SS] <name>: training on cuda:N" line to the run's next "stopped at step" or
+    "finished at step" line; a line without a time (the O2 specialists' log) or a span without
+    an end overlaps every span of its card. Joints, specialists, every run of the slice count;
     {} where the logs are missing."""
-    cards: dict[str, set[str]] = {}
+    line = re.compile(
+        r"^(?:\[repro (\d\d):(\d\d):(\d\d)\] |.*?)([\w.-]+): "
+        r"(?:training on (cuda:\d+)|stopped at step|finished at step)", re.M
+    )
+    inf = float("inf")
+    spans: dict[str, list[tuple[str, float, float]]] = {}  # name -> (card, start, end)
     for log in sorted(folder.glob("*.log")):
-        for name, card in re.findall(r"([\w.-]+): training on (cuda:\d+)", log.read_text()):
-            cards.setdefault(card, set()).add(name)
-    return {name: len(names) for names in cards.values() for name in names}
+        offset, last = 0.0, -inf
+        for m in line.finditer(log.read_text()):
+            hh, mm, ss, name, card = m.groups()
+            t = None
+            if hh is not None:
+                t = int(hh) * 3600 + int(mm) * 60 + int(ss) + offset
+                if t < last - 43200:  # past midnight
+                    offset += 86400
+                    t += 86400
+                last = t
+            runs = spans.setdefault(name, [])
+            if card:
+                runs.append((card, -inf if t is None else t, inf))
+            elif runs and runs[-1][2] == inf and t is not None:
+                runs[-1] = (runs[-1][0], runs[-1][1], t)
+    unique = {name: sorted(set(s)) for name, s in spans.items()}
+    counts: dict[str, int] = {}
+    for name, own in unique.items():
+        for card, start, end in own:
+            sharing = {
+                other
+                for other, theirs in unique.items()
+                for c, s, e in theirs
+                if c == card and s <= end and start <= e
+            }
+            counts[name] = max(counts.get(name, 0), len(sharing))
+    return counts
 
 
 def cost_across_runs(folders: list[str | Path]) -> list[dict[str, Any]]:
@@ -631,8 +663,8 @@ def _cost_lines(rows: list[dict[str, Any]]) -> list[str]:
         "",
         "### Cost per run (measured in the same runs)",
         "",
-        "Median it/s over the training log's windows; per card: trainers on the run's card in "
-        "its slice, itself included (from the device logs); × vanilla: against the vanilla run "
+        "Median it/s over the training log's windows; per card: the most trainers on the run's "
+        "card at once while it trained, itself included (from the device logs); × vanilla: against the vanilla run "
         "of the same loss and seed in the same folder with as many trainers on its card (— "
         "otherwise); peak CUDA memory allocated.",
         "",

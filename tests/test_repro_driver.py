@@ -539,6 +539,41 @@ def test_table_lists_each_runs_cost_against_vanilla_only_on_equally_shared_cards
     assert "| slice | timestep-uw-hybrid-s0 | 3000 | 9.00 | 1 | — | — | — | — |" in md
 
 
+def test_trainers_per_card_counts_the_runs_on_a_card_at_once_not_one_after_another(tmp_path):
+    """Slice 8's card 3: ANT-PCGrad (hybrid) stopped at 22:39:32, the diagnostic began there at
+    22:48:10, so each trained alone; card 0 held two runs at once and a resumed run whose spans
+    did not meet its partner's; a session past midnight keeps its order."""
+    repro_cifar = _driver_module()
+    (tmp_path / "repro_cuda3.log").write_text(
+        "[repro 22:38:18] timestep-pcgrad-hybrid-s0: training on cuda:3 (from step 0)\n"
+        "[repro 22:39:28] timestep-pcgrad-hybrid-s0: its next evaluation (step 5000) would be "
+        "done ~32 s after the deadline: stopping it\n"
+        "[repro 22:39:32] timestep-pcgrad-hybrid-s0: stopped at step 129\n"
+    )
+    (tmp_path / "repro_manual_3.log").write_text(
+        "[repro 22:48:10] diag-adam099-vanilla-eps-s0: training on cuda:3 (from step 0)\n"
+        "[repro 23:03:56] diag-adam099-vanilla-eps-s0: stopped at step 10000\n"
+    )
+    (tmp_path / "repro_cuda0.log").write_text(
+        "[repro 23:50:00] vanilla-eps-s1: training on cuda:0 (from step 0)\n"
+        "[repro 23:55:00] minsnr-eps-s0: training on cuda:0 (from step 0)\n"
+        "[repro 23:58:00] vanilla-eps-s1: stopped at step 900\n"
+        "[repro 00:10:00] minsnr-eps-s0: finished at step 5000\n"
+        "[repro 00:12:00] vanilla-eps-s1: training on cuda:0 (from step 900)\n"
+        "[repro 00:20:00] vanilla-eps-s1: finished at step 5000\n"
+    )
+    counts = repro_cifar.trainers_per_card(tmp_path)
+    assert counts["timestep-pcgrad-hybrid-s0"] == 1 and counts["diag-adam099-vanilla-eps-s0"] == 1
+    assert counts["vanilla-eps-s1"] == 2 and counts["minsnr-eps-s0"] == 2
+    # a run still training when the log ends overlaps whatever starts after it on its card
+    (tmp_path / "repro_cuda0.log").write_text(
+        "[repro 10:00:00] vanilla-eps-s1: training on cuda:0 (from step 0)\n"
+        "[repro 11:00:00] minsnr-eps-s0: training on cuda:0 (from step 0)\n"
+    )
+    counts = repro_cifar.trainers_per_card(tmp_path)
+    assert counts["vanilla-eps-s1"] == 2 and counts["minsnr-eps-s0"] == 2
+
+
 def test_an_o2_joint_fid_follows_the_first_folder_rule_like_any_point(tmp_path):
     from antdiff.analysis.ntg import FIDMeasurement, compute_ntg
 
