@@ -165,7 +165,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 def write_outputs(summary: dict[str, Any], root: Path, out: Path) -> None:
     from antdiff.analysis.logs import read_training_log
-    from antdiff.plots import plot_balancer_weights, pyplot
+    from antdiff.plots import plot_balancer_weights, pyplot, save_figure
 
     logs = {name: read_training_log(root / name) for name in RUNS}
     plt = pyplot()
@@ -173,14 +173,14 @@ def write_outputs(summary: dict[str, Any], root: Path, out: Path) -> None:
     for name, lg in logs.items():
         ax.plot(lg.steps, lg.loss, label=name)
     ax.set_yscale("log"), ax.set_xlabel("step"), ax.set_ylabel("mean per-sample loss"), ax.legend()
-    fig.tight_layout(), fig.savefig(out / "loss.png", dpi=120), plt.close(fig)
+    fig.tight_layout(), save_figure(fig, out / "loss.png")
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
     for ax, (name, lg) in zip(axes, logs.items()):
         for i in range(lg.k):
             ax.plot(lg.steps, lg.cluster_losses[:, i], label=f"cluster {i}")
         ax.set_yscale("log"), ax.set_title(name), ax.set_xlabel("step")
     axes[0].legend(fontsize=7)
-    fig.tight_layout(), fig.savefig(out / "cluster_losses.png", dpi=120), plt.close(fig)
+    fig.tight_layout(), save_figure(fig, out / "cluster_losses.png")
     plot_balancer_weights(logs["ant_uw"], out / "uw_weights.png")
     (out / "cifar_short.json").write_text(json.dumps(summary, indent=1) + "\n")
     v, a = summary["runs"]["vanilla"], summary["runs"]["ant_uw"]

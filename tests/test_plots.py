@@ -306,3 +306,36 @@ def test_plot_optimizer_needs_gradient_norms(tmp_path):
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match="grad_norm"):
         P.plot_optimizer(read_training_log(run), tmp_path / "f" / "none.png")
+
+
+def test_save_figure_writes_a_palette_png_close_to_matplotlibs_own(tmp_path):
+    """A plot saved as a 256-colour palette is within a few levels of matplotlib's RGBA
+    rendering and clearly smaller; other suffixes are matplotlib's own format."""
+    import io
+
+    from PIL import Image
+
+    from antdiff.plots import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    x = np.linspace(0, 10, 400)
+    for i in range(8):  # eight colours with anti-aliased edges, text, a legend
+        ax.plot(x, np.sin(x + i) * (1 + 0.1 * i), label=f"curve {i}")
+    ax.fill_between(x, -0.5, 0.5, alpha=0.2)  # a translucent band: blended colours
+    ax.legend(fontsize=7)
+    ax.set_title("save_figure")
+    reference = io.BytesIO()
+    fig.savefig(reference, format="png", dpi=120)
+    out = save_figure(fig, tmp_path / "sub" / "plot.png", close=False)
+    png = Image.open(out)
+    assert png.mode == "P" and len(png.getcolors(256) or []) <= 256
+    ref = Image.open(io.BytesIO(reference.getvalue()))
+    ref_rgb = Image.new("RGB", ref.size, (255, 255, 255))
+    ref_rgb.paste(ref.convert("RGBA"), mask=ref.convert("RGBA").getchannel("A"))
+    diff = np.abs(np.asarray(png.convert("RGB"), float) - np.asarray(ref_rgb, float))
+    assert png.size == ref.size
+    assert diff.mean() < 1.0 and diff.max() <= 16
+    assert out.stat().st_size < 0.6 * len(reference.getvalue())
+    pdf = save_figure(fig, tmp_path / "plot.pdf")
+    assert pdf.read_bytes().startswith(b"%PDF")

@@ -189,7 +189,7 @@ def _fid(
 
 
 def _plot_losses(logs: dict[str, Any], path: Path) -> None:
-    from ..plots import pyplot
+    from ..plots import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
@@ -201,8 +201,7 @@ def _plot_losses(logs: dict[str, Any], path: Path) -> None:
     ax.legend()
     ax.set_title("training loss (mean over each log window)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _tail_mean(x: np.ndarray, frac: float = 0.2) -> np.ndarray:
