@@ -436,6 +436,17 @@ def optimizer_view(
     return out
 
 
+def _evaluated_at(runs: list[Path], step: int) -> Path:
+    """The first of ``runs`` (the same name in several folders) whose log has an evaluation at
+    ``step``; the first run when none has."""
+    from antdiff.analysis.logs import read_training_log
+
+    for run in runs:
+        if any(s == step and e.get("fid") is not None for s, e in read_training_log(run).evals):
+            return run
+    return runs[0]
+
+
 def _optimizer_lines(view: dict[str, dict[str, Any]]) -> list[str]:
     from scipy.stats import spearmanr
 
@@ -976,7 +987,7 @@ def _plot_fid_curves(rows: dict[str, dict[int, dict[str, list[float]]]], path: P
     """FID against iterations: mean over seeds, bars spanning their range; one colour per
     method, dashed for the hybrid loss; a logarithmic FID axis when the FIDs span more than a
     factor of 4 (the early points would otherwise flatten the differences between the late)."""
-    from antdiff.plots import pyplot
+    from antdiff.plots import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -1004,8 +1015,7 @@ def _plot_fid_curves(rows: dict[str, dict[int, dict[str, list[float]]]], path: P
     ax.legend(fontsize=7)
     ax.set_title("FID during training (mean over seeds, bars: their range)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -1014,7 +1024,7 @@ def _plot_cluster_loss_ratios(ratios: dict[str, dict[str, Any]], path: Path) -> 
     seed 0, dashed: other seeds), from :func:`cluster_loss_ratios`."""
     from matplotlib.ticker import MaxNLocator
 
-    from antdiff.plots import pyplot
+    from antdiff.plots import pyplot, save_figure
 
     plt = pyplot()
     cells = sorted({_method_of(r) for r in ratios})
@@ -1036,8 +1046,7 @@ def _plot_cluster_loss_ratios(ratios: dict[str, dict[str, Any]], path: Path) -> 
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("training loss ratio per cluster")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -1281,11 +1290,11 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                 ],
             ),  # fmt: skip
         ]
-    runs_by_name: dict[str, Path] = {}
-    for f in a.sources:  # the first folder's run of a name, as for the result files
+    instances: dict[str, list[Path]] = {}  # a run name's folders' runs, in folder order
+    for f in a.sources:
         for r in sorted(Path(f).glob("runs/*/metrics.jsonl")):
-            runs_by_name.setdefault(r.parent.name, r.parent)
-    runs = sorted(runs_by_name.values())
+            instances.setdefault(r.parent.name, []).append(r.parent)
+    runs = sorted(i[0] for i in instances.values())  # the first folder's, as for result files
     ratios = cluster_loss_ratios(runs) if runs else {}
     if ratios:
         lines += [
@@ -1302,7 +1311,9 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                 ],
             ),
         ]
-    view = optimizer_view(runs) if runs else {}
+    # the early-training view pairs a log with the FID at the window's end (2500): of a name's
+    # runs, the first that was evaluated there (a later rerun may evaluate every 5000 only)
+    view = optimizer_view([_evaluated_at(i, 2500) for i in instances.values()]) if runs else {}
     if view:
         lines += _optimizer_lines(view)
     if ntg:

@@ -686,6 +686,28 @@ def test_optimizer_view_pairs_the_norm_fall_with_the_first_evaluation(tmp_path):
     assert view["falls"]["first_eval"] == {"step": 2500, "fid": 150.0}
 
 
+def test_the_early_training_view_takes_a_names_run_that_was_evaluated_at_2500(tmp_path):
+    """Slice 8 trained vanilla-eps-s1 again with evaluations every 5000; the first-folder rule
+    would have paired its log with no 2.5k FID and dropped the name from the correlation, while
+    slice 3's run of the same name and seed has one."""
+    repro_cifar = _driver_module()
+
+    def run(folder, evals):
+        d = tmp_path / folder / "runs" / "vanilla-eps-s1"
+        d.mkdir(parents=True)
+        lines = [{"step": 100 * (i + 1), "loss": 1.0, "grad_norm": 0.5} for i in range(60)]
+        lines += [{"step": s, "eval": {"fid": f}} for s, f in evals]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        return d
+
+    rerun = run("slice8", [(5000, 44.2)])
+    first = run("slice3", [(2500, 196.6), (5000, 43.7)])
+    assert repro_cifar._evaluated_at([rerun, first], 2500) == first
+    assert repro_cifar._evaluated_at([rerun], 2500) == rerun  # none evaluated there: the first
+    view = repro_cifar.optimizer_view([repro_cifar._evaluated_at([rerun, first], 2500)])
+    assert view["vanilla-eps-s1"]["first_eval"] == {"step": 2500, "fid": 196.6}
+
+
 def test_table_shows_a_diagnostic_beside_vanilla_but_never_as_the_best(tmp_path):
     """A diagnostic (a protocol run with one setting changed) is listed and compared with vanilla
     of its loss, but the bold "best of the column" belongs to the protocol's cells alone."""
