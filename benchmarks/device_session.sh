@@ -58,6 +58,11 @@
 #               folders: a first call `STAGE_ONLY=1 CARRY_DIR=.carry/gpu-part1` (Inception and
 #               packages), then the session's calls with CARRY_DIR=.carry/gpu-part2 (the data)
 #   DEV_DIR     where runs, results and logs live (/tmp/antdiff_device_session)
+#   BUNDLE_TAG  a word in the bundle's name ($OUT/session_<tag>-<stamp>.tar.gz). Two slices in one
+#               session (e.g. Phase 1 on two cards, Phase 2 on the other two) are two instances
+#               in one call, each with its own DEV_DIR, BUNDLE_TAG and CUDA_VISIBLE_DEVICES:
+#                 ( CUDA_VISIBLE_DEVICES=0,1 DEV_DIR=/tmp/ds_a BUNDLE_TAG=a ... bash $0 ) &
+#                 CUDA_VISIBLE_DEVICES=2,3 DEV_DIR=/tmp/ds_b BUNDLE_TAG=b ... bash $0; wait
 #
 # Needs, carried in .carry/gpu/ (benchmarks/prepare_carry.sh builds it): inception_fp16.pt.xz
 # (antdiff stats --export-inception-fp16, xz-compressed to fit the 64 MiB carry limit),
@@ -247,6 +252,16 @@ PYEOF
 o1() { # RUN DRAW CARD: one O1 matrix of RUN's EMA weights (unless it is there already)
     local name=affinity-$1$([ "$2" = 0 ] || echo "-draw$2") images=1000
     [ -d "$D/repro/$1" ] && [ ! -f "$D/results/$name/affinity.npy" ] || return 0
+    # a run stopped before its first evaluation is not the model the O1 was planned for (slice 8
+    # spent two cards' 225 s on a 196-step model): no matrix of it, and the log says so
+    local ckpt step first=$STEPS
+    [ "$EVAL_EVERY" -gt 0 ] && [ "$EVAL_EVERY" -lt "$STEPS" ] && first=$EVAL_EVERY
+    ckpt=$(ls "$D/repro/$1/checkpoints/" 2>/dev/null | grep -E '^step_[0-9]+\.pt$' | sort | tail -n 1)
+    step=$((10#$(echo "${ckpt:-step_0}" | tr -cd 0-9)))
+    if [ "$step" -lt "$first" ]; then
+        say "O1: $1 stopped at step $step, before its first evaluation ($first): no matrix of it"
+        return 0
+    fi
     [ -n "$SMOKE" ] && images=20
     say "O1: affinity of $1, draw $2 (EMA weights, $AFFINITY_BINS bins, $images images, card $3)"
     "$PY" -m antdiff.cli affinity "$D/repro/$1" --out "$D/results/$name" --seed "$2" \
@@ -380,7 +395,7 @@ for r in "$D"/repro/*/; do
     [ -n "$grid" ] && cp "$grid" "$D/results/runs/$n/"
 done
 cp "$D"/logs/*.log "$D/results/" 2>/dev/null
-stamp=$(date +%H%M%S)
+stamp=${BUNDLE_TAG:+$BUNDLE_TAG-}$(date +%H%M%S)
 tar -czf "$OUT/session_$stamp.tar.gz" -C "$D" results
 [ -f "$D/results/slice.finished" ] && say "slice finished"
 [ -n "$DETACH" ] && [ -f "$D/work.done" ] && say "detached work done"

@@ -131,6 +131,57 @@ def test_detached_work_outlives_the_call_and_stops_at_the_deadline(tmp_path: Pat
     assert "time limit reached" in log or "vanilla-eps-s0: its next evaluation (step" in log
 
 
+def test_a_run_stopped_before_its_first_evaluation_gets_no_o1_matrix(tmp_path: Path) -> None:
+    """Slice 8: a run stopped after a few steps (there by a wrong projection; here because its
+    first evaluation lies beyond the deadline) is not the model its O1 was planned for: the
+    matrix is skipped, saying why, and the card is not spent on it."""
+    env = {
+        **_smoke_env(tmp_path),
+        "DETACH": "1",
+        "TRAIN_SECONDS": "60",
+        "AFFINITY_RUNS": "vanilla-eps-s0",
+        "AFFINITY_BINS": "10",
+        "RUN_GROUPS": "vanilla-eps-s0",
+        "STEPS": "100000",
+        "EVAL_EVERY": "50000",  # projected far past the deadline: stopped at once
+        "EVAL_N": "12",
+        "BUDGET": "300",
+        "SETS": "train.log_every=1",
+    }
+    proc = _session(env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "detached work done" in proc.stdout
+    work = (tmp_path / "dev" / "logs" / "work.log").read_text()
+    assert "O1: vanilla-eps-s0 stopped at step" in work and "no matrix of it" in work
+    assert "O1: affinity of" not in work
+    assert not (tmp_path / "dev" / "results" / "affinity-vanilla-eps-s0").exists()
+
+
+def test_two_slices_share_a_session_in_their_own_folders(tmp_path: Path) -> None:
+    """Two instances in one call (Phase 1 and Phase 2 on disjoint cards): each keeps its own
+    runs, results and bundle, named by its BUNDLE_TAG in the shared $OUT."""
+    base = {**_smoke_env(tmp_path), **TWO_STEPS, "AFFINITY_RUNS": ""}
+    a = {**base, "DEV_DIR": str(tmp_path / "a"), "BUNDLE_TAG": "phase1",
+         "RUN_GROUPS": "vanilla-hybrid-s0"}  # fmt: skip
+    b = {**base, "DEV_DIR": str(tmp_path / "b"), "BUNDLE_TAG": "phase2", "SLICE": "phase2",
+         "LOSS": "eps", "RUN_GROUPS": "minsnr-eps-s1"}  # fmt: skip
+    procs = [
+        subprocess.Popen(["bash", str(SCRIPT)], cwd=SCRIPT.parents[1], env=e, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+        for e in (a, b)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    bundles = {p.name.split("-")[0]: p for p in (tmp_path / "out").glob("session_*.tar.gz")}
+    assert set(bundles) == {"session_phase1", "session_phase2"}
+    with tarfile.open(bundles["session_phase1"]) as tar:
+        assert "results/phase1-vanilla-hybrid-s0.json" in tar.getnames()
+        assert not any("minsnr" in n for n in tar.getnames())
+    with tarfile.open(bundles["session_phase2"]) as tar:
+        assert "results/phase2-minsnr-eps-s1.json" in tar.getnames()
+        assert not any("vanilla-hybrid" in n for n in tar.getnames())
+
+
 def test_o2_trains_the_specialists_beside_the_joint_and_measures_the_ntg(tmp_path: Path) -> None:
     """NTG_JOINTS: the five equal-interval specialists train beside the joint run (from its
     config, same STEPS), and once all are done `antdiff ntg` measures the joint's and every
