@@ -44,6 +44,9 @@
 #   AFFINITY_DRAWS measurement draws (images, timesteps, noise: `antdiff affinity --seed`) per
 #               matrix ("0"); draw d > 0 of run r goes to results/affinity-r-draw<d>, so two
 #               draws of one checkpoint tell the measurement's share of a matrix's pattern
+#   AFFINITY_CARDS the card (group index) of each matrix, in the order of AFFINITY_RUNS x
+#               AFFINITY_DRAWS (default: the k-th on card k mod the number of groups), e.g. "0 0"
+#               to keep both draws off a card whose trainer is still running
 #   NTG_JOINTS  O2: runs of RUN_GROUPS whose negative transfer gap is measured (none). Beside them
 #               the 5 equal-interval specialists are trained from the first joint's config (same
 #               model, loss, data and STEPS; no balancer, so they serve every joint), on
@@ -85,6 +88,7 @@ AFFINITY_RUNS=${AFFINITY_RUNS-"vanilla-eps-s0 vanilla-hybrid-s0"} # set and empt
 ROLE=${DS_ROLE:-call} # "work": the detached worker this script starts (DETACH=1)
 AFFINITY_BINS=${AFFINITY_BINS:-100}
 AFFINITY_DRAWS=${AFFINITY_DRAWS:-0}
+AFFINITY_CARDS=${AFFINITY_CARDS:-}
 NTG_JOINTS=${NTG_JOINTS:-}
 NTG_DEVICES=${NTG_DEVICES:-"0 1 2 3"}
 NTG_PER_DEVICE=${NTG_PER_DEVICE:-1}
@@ -269,14 +273,16 @@ o1() { # RUN DRAW CARD: one O1 matrix of RUN's EMA weights (unless it is there a
         --mode exact --device "$(device "$3")" >"$D/logs/${name/affinity-/affinity_}.log" 2>&1
 }
 o1_matrices() { # [GROUP-INDEX]: the O1 matrices (of that group's runs only), all at once; the
-    # k-th of AFFINITY_RUNS x AFFINITY_DRAWS goes to card k mod (number of groups). A run's
-    # matrices start once it is finished, or (DETACH) once its trainer stopped at the deadline.
-    local r d k=0 pids=()
+    # k-th of AFFINITY_RUNS x AFFINITY_DRAWS goes to the k-th card of AFFINITY_CARDS, else to
+    # card k mod (number of groups). A run's matrices start once it is finished, or (DETACH)
+    # once its trainer stopped at the deadline.
+    local r d k=0 pids=() cards
+    read -r -a cards <<<"$AFFINITY_CARDS"
     for r in $AFFINITY_RUNS; do
         for d in $AFFINITY_DRAWS; do
             if { [ -z "${1:-}" ] || [[ ",${GROUP[$1]}," == *",$r,"* ]]; } &&
                 { [ -n "$DETACH" ] || finished "$r"; }; then
-                o1 "$r" "$d" $((k % ${#GROUP[@]})) &
+                o1 "$r" "$d" "${cards[$k]:-$((k % ${#GROUP[@]}))}" &
                 pids+=($!)
             fi
             k=$((k + 1))

@@ -47,9 +47,12 @@ def test_device_session_dry_run_trains_evaluates_and_bundles(tmp_path: Path) -> 
         "SETS": "train.log_every=1",
         "AFFINITY_BINS": "10",
         "AFFINITY_DRAWS": "0 1",  # a second measurement draw of the same checkpoint
+        "AFFINITY_CARDS": "0 3",  # each matrix's card, named (a dry run maps every card to cpu)
     }
     proc = _session(env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "draw 0 (EMA weights, 10 bins, 20 images, card 0)" in proc.stdout
+    assert "draw 1 (EMA weights, 10 bins, 20 images, card 3)" in proc.stdout
     assert "slice finished" in proc.stdout
     (bundle,) = (tmp_path / "out").glob("session_*.tar.gz")
     with tarfile.open(bundle) as tar:
