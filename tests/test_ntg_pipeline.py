@@ -530,6 +530,8 @@ def test_run_trainers_stops_a_trainer_whose_next_evaluation_cannot_end_in_time(t
     if final:
         assert signalled["slow"] < 1.0
         assert any("slow: its next evaluation (step 5000) would be done" in m for m in said)
+        # the decision names its inputs, so that a wrong one can be read from the log
+        assert any("(from step 2600 at 1.00 it/s, evaluation 60 s): stopping it" in m for m in said)
         assert "slow: stopped at step 0" in said
     else:
         assert signalled["slow"] >= 3.0

@@ -232,11 +232,16 @@ class NextResult:
     evaluated step), or ``train.steps`` when no evaluation remains; ``done_at`` the wall time
     (``time.time()``) at which it would be done: the time of the log's last line (the file's
     modification time) + the steps still to train at the last window's rate + the last
-    evaluation's duration (0 before the first, so that the projection is then a lower bound)."""
+    evaluation's duration (0 before the first, so that the projection is then a lower bound).
+    ``from_step``, ``rate`` (it/s) and ``eval_seconds`` are the inputs, for the log line that
+    reports a decision made from it."""
 
     step: int
     done_at: float
     is_evaluation: bool
+    from_step: int = 0
+    rate: float = 0.0
+    eval_seconds: float = 0.0
 
 
 def _same_process(previous: dict[str, Any] | None, row: dict[str, Any]) -> bool:
@@ -300,7 +305,14 @@ def next_result(run: str | Path, *, eval_every: int, steps: int) -> NextResult |
             return None
     to_train = max(0, target - step)
     done_at = last_line_at + to_train / rate + (eval_seconds if is_evaluation else 0.0)
-    return NextResult(step=target, done_at=done_at, is_evaluation=is_evaluation)
+    return NextResult(
+        step=target,
+        done_at=done_at,
+        is_evaluation=is_evaluation,
+        from_step=step,
+        rate=rate,
+        eval_seconds=eval_seconds if is_evaluation else 0.0,
+    )
 
 
 def run_trainers(
@@ -390,7 +402,9 @@ def run_trainers(
                         what = "evaluation" if nxt.is_evaluation else "last step"
                         say(
                             f"{run.name}: its next {what} (step {nxt.step}) would be done "
-                            f"~{nxt.done_at - wall_deadline:.0f} s after the deadline: stopping it"
+                            f"~{nxt.done_at - wall_deadline:.0f} s after the deadline (from "
+                            f"step {nxt.from_step} at {nxt.rate:.2f} it/s, evaluation "
+                            f"{nxt.eval_seconds:.0f} s): stopping it"
                         )
                         proc.send_signal(signal.SIGTERM)
         still = []
