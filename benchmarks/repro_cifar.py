@@ -589,7 +589,8 @@ def trainers_per_card(folder: Path) -> dict[str, int]:
     {} where the logs are missing."""
     line = re.compile(
         r"^(?:\[repro (\d\d):(\d\d):(\d\d)\] |.*?)([\w.-]+): "
-        r"(?:training on (cuda:\d+)|stopped at step|finished at step)", re.M
+        r"(?:training on (cuda:\d+)|stopped at step|finished at step)",
+        re.M,
     )
     inf = float("inf")
     spans: dict[str, list[tuple[str, float, float]]] = {}  # name -> (card, start, end)
@@ -675,9 +676,9 @@ def _cost_lines(rows: list[dict[str, Any]]) -> list[str]:
         "### Cost per run (measured in the same runs)",
         "",
         "Median it/s over the training log's windows; per card: the most trainers on the run's "
-        "card at once while it trained, itself included (from the device logs); × vanilla: against the vanilla run "
-        "of the same loss and seed in the same folder with as many trainers on its card (— "
-        "otherwise); peak CUDA memory allocated.",
+        "card at once while it trained, itself included (from the device logs); × vanilla: "
+        "against the vanilla run of the same loss and seed in the same folder with as many "
+        "trainers on its card (— otherwise); peak CUDA memory allocated.",
         "",
         *_md_table(
             [

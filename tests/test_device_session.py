@@ -169,8 +169,14 @@ def test_two_slices_share_a_session_in_their_own_folders(tmp_path: Path) -> None
     b = {**base, "DEV_DIR": str(tmp_path / "b"), "BUNDLE_TAG": "phase2", "SLICE": "phase2",
          "LOSS": "eps", "RUN_GROUPS": "minsnr-eps-s1"}  # fmt: skip
     procs = [
-        subprocess.Popen(["bash", str(SCRIPT)], cwd=SCRIPT.parents[1], env=e, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+        subprocess.Popen(
+            ["bash", str(SCRIPT)],
+            cwd=SCRIPT.parents[1],
+            env=e,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         for e in (a, b)
     ]
     outs = [p.communicate(timeout=600)[0] for p in procs]

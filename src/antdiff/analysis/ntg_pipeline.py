@@ -255,11 +255,12 @@ def _same_process(previous: dict[str, Any] | None, row: dict[str, Any]) -> bool:
     if window is not None and int(row["step"]) - int(window) != int(previous.get("step", -1)):
         return False
     prev_t = previous.get("time")
-    if t is None or prev_t is None or window is None:
-        return t is None or prev_t is None or float(t) > float(prev_t)
+    if t is None or prev_t is None:
+        return True
+    if window is None:
+        return float(t) > float(prev_t)  # a restarted clock
     # within a process the time between two lines covers the window (and any evaluation)
-    window_seconds = int(window) / float(row["it_per_s"])
-    return window_seconds <= 1.05 * (float(t) - float(prev_t)) + 1.0
+    return int(window) / float(row["it_per_s"]) <= 1.05 * (float(t) - float(prev_t)) + 1.0
 
 
 def next_result(run: str | Path, *, eval_every: int, steps: int) -> NextResult | None:
