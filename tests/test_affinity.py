@@ -359,3 +359,94 @@ def test_pooling_results_averages_over_all_their_checkpoints_and_refuses_other_s
         TaskAffinity.pooled([a, coarse])
     with pytest.raises(ValueError, match="at least two"):
         TaskAffinity.pooled([a])
+
+
+def test_split_half_matrices_are_the_cosines_of_each_halfs_gradients():
+    """Brute force: the first ⌊N/2⌋ images' part and the rest's part of each bin's gradient,
+    from the documented timesteps and noise; the full matrix is the unsplit one, also streamed
+    (two vectors per bin) and sketched."""
+    from antdiff.analysis.affinity import _BinGradients, split_half_reliability
+
+    model = TinyDenoiser()
+    x = _digits(21)  # odd: halves of 10 and 11 images
+    loss_fn = epsilon_mse_loss(SCHEDULE)
+    bins = TimestepBins(((0, 0), (100, 149), (400, 599), (900, 999)), T)
+    plain = task_affinity(model, loss_fn, x, bins, mode="exact", batch_size=4, seed=3)
+    split = task_affinity(
+        model, loss_fn, x, bins, mode="exact", batch_size=4, seed=3, split_half=True
+    )
+    np.testing.assert_allclose(split.matrix, plain.matrix, atol=1e-6)
+    assert plain.halves is None and split.halves is not None and split.halves.shape == (2, 4, 4)
+
+    helper = _BinGradients(
+        model, list(model.parameters()), loss_fn, x, None, bins, 21, 3, torch.device("cpu")
+    )
+    halves = []
+    for lo, hi in ((0, 10), (10, 21)):
+        grads = []
+        for b in range(len(bins)):
+            t = bins.sample_timesteps(b, 21, 3)[lo:hi]
+            noise = helper._noise(b, lo, hi)
+            loss = loss_fn(model, x[lo:hi], t, noise).sum() / 21
+            g = torch.autograd.grad(loss, list(model.parameters()))
+            grads.append(torch.cat([v.reshape(-1) for v in g]).double())
+        G = torch.stack(grads)
+        n = G.norm(dim=1)
+        halves.append((G @ G.T / torch.outer(n, n)).numpy())
+    np.testing.assert_allclose(split.halves[0], halves[0], atol=1e-5)
+    np.testing.assert_allclose(split.halves[1], halves[1], atol=1e-5)
+    assert split.meta["split_half"]["images"] == [10, 11]
+    agreement = split_half_reliability(halves[0], halves[1])
+    assert split.meta["split_half"]["r"] == pytest.approx(agreement["r"], abs=1e-6)
+    r = agreement["r"]
+    assert split.meta["split_half"]["spearman_brown"] == pytest.approx(2 * r / (1 + r), abs=1e-6)
+
+    P = sum(p.numel() for p in model.parameters())
+    # room for 5 vectors: 2 bins' halves per block, the third bin's streamed
+    streamed = task_affinity(
+        model, loss_fn, x, bins, mode="exact", batch_size=4, seed=3, split_half=True,
+        max_gradient_bytes=5 * 4 * P + 5,
+    )  # fmt: skip
+    assert streamed.meta["memory"]["streamed"] and streamed.meta["memory"]["stored_gradients"] == 4
+    assert "two halves per bin" in streamed.meta["memory"]["formula"]
+    np.testing.assert_allclose(streamed.matrix, plain.matrix, atol=1e-6)
+    np.testing.assert_allclose(streamed.halves, split.halves, atol=1e-6)
+    with pytest.raises(ValueError, match="at least 4 gradients"):
+        task_affinity(model, loss_fn, x, bins, split_half=True, max_gradient_bytes=3 * 4 * P)
+    sketched = task_affinity(
+        model, loss_fn, x, bins, mode="sketch", sketch_dim=1 << 16, seed=3, split_half=True
+    )
+    np.testing.assert_allclose(sketched.halves, split.halves, atol=0.05)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        task_affinity(model, loss_fn, x[:1], bins, split_half=True)
+
+
+def test_split_half_reliability_and_its_files(tmp_path):
+    from antdiff.analysis.affinity import split_half_reliability
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(-1, 1, (30, 30))
+    base = (base + base.T) / 2
+    same = split_half_reliability(base, base)
+    assert same["r"] == pytest.approx(1.0) and same["spearman_brown"] == pytest.approx(1.0)
+    # halves that share half their variance: r ≈ 0.5, the full matrix's reliability ≈ 2/3
+    noise_a, noise_b = rng.normal(0, 1, (2, 30, 30))
+    a, b = base / base.std() + noise_a, base / base.std() + noise_b
+    rel = split_half_reliability(a, b)
+    assert 0.35 < rel["r"] < 0.65
+    assert rel["spearman_brown"] == pytest.approx(2 * rel["r"] / (1 + rel["r"]))
+    flat = split_half_reliability(np.ones((5, 5)), base[:5, :5])
+    assert flat == {"r": None, "spearman_brown": None}  # no spread: no correlation
+    # the halves travel with the matrix
+    model = TinyDenoiser()
+    res = task_affinity(
+        model, epsilon_mse_loss(SCHEDULE), _digits(8), 3, schedule=SCHEDULE, split_half=True
+    )
+    paths = res.save(tmp_path / "aff")
+    assert paths["halves"].name == "affinity_halves.npy"
+    back = TaskAffinity.load(tmp_path / "aff")
+    np.testing.assert_allclose(back.halves, res.halves)
+    assert back.meta["split_half"] == res.meta["split_half"]
+    plain = task_affinity(model, epsilon_mse_loss(SCHEDULE), _digits(8), 3)
+    plain.save(tmp_path / "plain")
+    assert TaskAffinity.load(tmp_path / "plain").halves is None

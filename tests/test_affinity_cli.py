@@ -218,3 +218,43 @@ def test_affinity_command_pools_earlier_outputs_without_computing(tmp_path, caps
     assert main(["affinity", str(dirs[0]), str(dirs[1]), "--out", str(out)]) == 2
     assert "already holds an affinity result" in capsys.readouterr().err
     assert main(["affinity", str(dirs[0]), str(dirs[1]), "--out", str(out), "--force"]) == 0
+
+
+def test_affinity_command_split_half_reports_the_measurements_reliability(
+    tiny_run, tmp_path, capsys
+):
+    """--split-half: the same matrix, the two image halves' matrices beside it, their agreement
+    printed; pooling two such outputs pools their halves (checkpoint-weighted, as the matrix)."""
+    common = ["--bins", "5", "--images", "12", "--batch-size", "4"]
+    outs = []
+    for seed in (0, 1):
+        out = tmp_path / f"split{seed}"
+        argv = ["affinity", str(tiny_run), *common, "--seed", str(seed), "--out", str(out)]
+        assert main([*argv, "--split-half"]) == 0
+        outs.append(out)
+    text = capsys.readouterr().out
+    aff = TaskAffinity.load(outs[1])
+    half = aff.meta["split_half"]
+    assert half["images"] == [6, 6] and aff.halves is not None and aff.halves.shape == (2, 5, 5)
+    assert (
+        f"split-half: the matrices of 6 and 6 images agree at r = {half['r']:.2f}; "
+        f"reliability of the whole (Spearman-Brown) {half['spearman_brown']:.2f}"
+    ) in text
+    assert (
+        main(["affinity", str(tiny_run), *common, "--seed", "1", "--out", str(tmp_path / "p")]) == 0
+    )
+    np.testing.assert_allclose(TaskAffinity.load(tmp_path / "p").matrix, aff.matrix, atol=1e-6)
+    # pooling refuses other draws (another seed is not the same TAS) but pools the same setting
+    assert main(["affinity", str(outs[0]), str(outs[1]), "--out", str(tmp_path / "x")]) == 2
+    capsys.readouterr()
+    again = tmp_path / "again"
+    assert (
+        main(
+            ["affinity", str(tiny_run), *common, "--seed", "1", "--out", str(again), "--split-half"]
+        )
+        == 0
+    )
+    assert main(["affinity", str(outs[1]), str(again), "--out", str(tmp_path / "pooled")]) == 0
+    pooled = TaskAffinity.load(tmp_path / "pooled")
+    np.testing.assert_allclose(pooled.halves, aff.halves, atol=1e-6)  # the same halves, twice
+    assert pooled.meta["split_half"]["r"] == pytest.approx(half["r"], abs=1e-6)

@@ -127,3 +127,26 @@ def test_affinity_section_reads_o1_from_overwhelming_evidence_and_states_the_dec
     assert "| bins apart | 1 | 2 | 5 | 10 | 20 | 50 | 99 |" in section
     share = (np.abs(i[:, None] - i[None, :])[np.triu_indices(100, 1)] > 20).mean()
     assert f"below 0: {100 * share:.1f}%" in section
+    assert "split-half" not in section  # measured without --split-half: nothing to say
+
+
+def test_affinity_section_states_the_split_half_reliability(tmp_path):
+    from antdiff.analysis.affinity import split_half_reliability
+
+    i = np.arange(20)
+    A = np.exp(-np.abs(i[:, None] - i[None, :]) / 5.0)
+    rng = np.random.default_rng(1)
+    halves = np.stack([A + rng.normal(0, 0.1, A.shape) for _ in range(2)])
+    agreement = split_half_reliability(halves[0], halves[1])
+    TaskAffinity(
+        A, A[None], np.ones((1, 20)), TimestepBins.uniform(T, 20), "exact", None, 16, 0,
+        meta={"schedule": NoiseSchedule.from_name("linear", T).to_dict(),
+              "split_half": {"images": [8, 8], **agreement}},
+        halves=halves,
+    ).save(tmp_path / "aff")  # fmt: skip
+    section = write_report([tmp_path / "aff"], tmp_path / "r").read_text()
+    expected = (
+        f"| split-half agreement r (reliability of the whole, Spearman–Brown) | "
+        f"{agreement['r']:.3f} ({agreement['spearman_brown']:.3f}), halves of 8 and 8 images |"
+    )
+    assert expected in section.split("## Task affinity (O1)")[1]

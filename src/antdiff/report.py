@@ -509,6 +509,15 @@ def _affinity_section(w: _Writer, items: dict[str, Path], logs: dict[str, Traini
             ["seconds", aff.meta.get("seconds")],
             ["peak CUDA memory (bytes)", aff.meta.get("peak_cuda_bytes")],
         ]
+        half = aff.meta.get("split_half") or {}
+        if half.get("r") is not None:  # `antdiff affinity --split-half`
+            info.append(
+                [
+                    "split-half agreement r (reliability of the whole, Spearman–Brown)",
+                    f"{half['r']:.3f} ({half['spearman_brown']:.3f}), halves of "
+                    f"{' and '.join(map(str, half.get('images') or []))} images",
+                ]
+            )
         w.p(_table(["", "value"], info))
         if len(aff.bins) <= 12:
             header = ["bin"] + [f"{a}–{b}" for a, b in aff.bins.groups]

@@ -116,9 +116,11 @@ def affinity_of_runs(
     train_mode: bool = False,
     progress: Callable[[str], None] | None = None,
     load_fn: Callable[[Path, bool, str], Any] | None = None,
+    split_half: bool = False,
 ) -> TaskAffinity:
     """Task affinity averaged over the given checkpoints (raw weights by default: the gradient
-    is taken where the optimiser was; ``use_ema=True`` for the EMA weights)."""
+    is taken where the optimiser was; ``use_ema=True`` for the EMA weights); ``split_half``: also
+    the two image halves' matrices and their agreement (:func:`task_affinity`)."""
     dev = _resolve_device(device)
     load = load_fn or _load_for_inference
     ckpts = expand_checkpoints(runs_or_checkpoints, all_checkpoints)
@@ -164,6 +166,7 @@ def affinity_of_runs(
         checkpoint_names=[str(c) for c in ckpts],
         schedule=schedule,
         progress=progress,
+        split_half=split_half,
     )
     res.meta["weights"] = "ema" if use_ema else "raw"
     res.meta["data"] = data or (cfg.get("data") or {}).get("spec")

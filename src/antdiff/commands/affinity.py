@@ -98,6 +98,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the image subset, timesteps, noise and sketch"
     )
+    p.add_argument(
+        "--split-half",
+        action="store_true",
+        help="also the matrices of each half of the images (affinity_halves.npy) and their "
+        "agreement: how much of the matrix is the measurement's draw (reliability of the whole, "
+        "by Spearman-Brown); no extra gradient passes, exact mode stores two vectors per bin",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.set_defaults(func=run)
 
@@ -159,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         max_gradient_bytes=int(args.max_memory_gb * 2**30),
         train_mode=args.train_mode,
         progress=progress,
+        split_half=args.split_half,
     )
     if tty:
         print(file=sys.stderr)
@@ -190,6 +198,13 @@ def _summarize(aff: TaskAffinity, paths: dict[str, Path]) -> None:
         print(f"  mean affinity by gap in bins: {gaps}")
         shares = " / ".join(f"{100 * v:.1f}%" for v in aff.share_below().values())
         print(f"  pairs below 0 / -0.2 / -0.3: {shares}")
+    half = aff.meta.get("split_half")
+    if half and half.get("r") is not None:
+        a, b = half["images"]
+        print(
+            f"  split-half: the matrices of {a} and {b} images agree at r = {half['r']:.2f}; "
+            f"reliability of the whole (Spearman-Brown) {half['spearman_brown']:.2f}"
+        )
     for k, v in paths.items():
         print(f"  {k}: {v}")
     matrix = paths.get("full", paths["matrix"])
