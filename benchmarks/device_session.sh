@@ -44,6 +44,10 @@
 #   AFFINITY_DRAWS measurement draws (images, timesteps, noise: `antdiff affinity --seed`) per
 #               matrix ("0"); draw d > 0 of run r goes to results/affinity-r-draw<d>, so two
 #               draws of one checkpoint tell the measurement's share of a matrix's pattern
+#   AFFINITY_SPLIT_HALF  1 (default; set and empty: off): each matrix also gets its split-half
+#               reliability (`antdiff affinity --split-half`: the same matrix, no extra gradient
+#               passes; 8 GiB of stored gradients so that 100 bins of this model need no more
+#               passes than without it)
 #   AFFINITY_CARDS the card (group index) of each matrix, in the order of AFFINITY_RUNS x
 #               AFFINITY_DRAWS (default: the k-th on card k mod the number of groups), e.g. "0 0"
 #               to keep both draws off a card whose trainer is still running
@@ -89,6 +93,7 @@ ROLE=${DS_ROLE:-call} # "work": the detached worker this script starts (DETACH=1
 AFFINITY_BINS=${AFFINITY_BINS:-100}
 AFFINITY_DRAWS=${AFFINITY_DRAWS:-0}
 AFFINITY_CARDS=${AFFINITY_CARDS:-}
+AFFINITY_SPLIT_HALF=${AFFINITY_SPLIT_HALF-1}
 NTG_JOINTS=${NTG_JOINTS:-}
 NTG_DEVICES=${NTG_DEVICES:-"0 1 2 3"}
 NTG_PER_DEVICE=${NTG_PER_DEVICE:-1}
@@ -269,8 +274,9 @@ o1() { # RUN DRAW CARD: one O1 matrix of RUN's EMA weights (unless it is there a
     [ -n "$SMOKE" ] && images=20
     say "O1: affinity of $1, draw $2 (EMA weights, $AFFINITY_BINS bins, $images images, card $3)"
     "$PY" -m antdiff.cli affinity "$D/repro/$1" --out "$D/results/$name" --seed "$2" \
-        --ema --bins "$AFFINITY_BINS" --images "$images" \
-        --mode exact --device "$(device "$3")" >"$D/logs/${name/affinity-/affinity_}.log" 2>&1
+        --ema --bins "$AFFINITY_BINS" --images "$images" --mode exact --device "$(device "$3")" \
+        ${AFFINITY_SPLIT_HALF:+--split-half --max-memory-gb 8} \
+        >"$D/logs/${name/affinity-/affinity_}.log" 2>&1
 }
 o1_matrices() { # [GROUP-INDEX]: the O1 matrices (of that group's runs only), all at once; the
     # k-th of AFFINITY_RUNS x AFFINITY_DRAWS goes to the k-th card of AFFINITY_CARDS, else to

@@ -73,6 +73,8 @@ def test_device_session_dry_run_trains_evaluates_and_bundles(tmp_path: Path) -> 
         "results/affinity_vanilla-eps-s0-draw1.log",
     } <= names
     assert [d["seed"] for d in draws] == [0, 1]  # same checkpoint, another draw
+    assert all(d["split_half"]["images"] == [10, 10] for d in draws)  # on by default
+    assert "results/affinity-vanilla-eps-s0/affinity_halves.npy" in names
     assert draws[0]["checkpoints"] == draws[1]["checkpoints"]
     assert result["iterations"] == 2 and [p["step"] for p in result["curve"]] == [2]
     assert any(n.startswith("results/runs/vanilla-eps-s0/") and n.endswith(".png") for n in names)
