@@ -1391,12 +1391,53 @@ def environment(a: argparse.Namespace) -> list[Path]:
     return [path]
 
 
+def ingest(a: argparse.Namespace) -> list[Path]:
+    """Unpack device bundles (``session_*.tar.gz``, a ``results/`` folder each) into ``--into``,
+    in the order given: each bundle is a snapshot of the same session folder, so a later one's
+    file replaces an earlier one's and files only an earlier one holds (work since deleted on
+    the machine) are kept. Empty files (logs of work that never wrote) and the
+    ``slice.finished`` marker are left out. Refuses a ``--into`` that already holds files: a
+    committed slice folder is never overwritten. Returns the files written."""
+    import tarfile
+
+    into = Path(a.into)
+    if into.exists() and any(p.is_file() for p in into.rglob("*")):
+        raise SystemExit(
+            f"{into} already holds files: ingest into a new folder (a slice folder, once "
+            "written, is a record)"
+        )
+    bundles = [Path(b) for b in a.bundles]
+    for b in bundles:
+        if not b.is_file():
+            raise SystemExit(f"bundle {b} does not exist")
+    written: dict[Path, None] = {}
+    for b in bundles:
+        with tarfile.open(b) as tar:
+            for m in tar.getmembers():
+                rel = Path(m.name)
+                if not m.isfile() or rel.parts[:1] != ("results",) or len(rel.parts) < 2:
+                    continue
+                rel = Path(*rel.parts[1:])
+                if m.size == 0 or rel.name == "slice.finished" or ".." in rel.parts:
+                    continue
+                target = into / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(m)
+                assert src is not None
+                target.write_bytes(src.read())
+                written[target] = None
+    if not written:
+        raise SystemExit(f"no result files in {', '.join(map(str, bundles))}")
+    return sorted(written)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument(
-        "action", choices=["list", "train", "collect", "summary", "table", "environment"]
+        "action",
+        choices=["list", "train", "collect", "summary", "table", "environment", "ingest"],
     )
     ap.add_argument("slice", nargs="?", default="phase1", choices=["phase1", "phase2"])
     ap.add_argument("--loss", default="hybrid", choices=list(LOSSES), help="phase 2 loss")
@@ -1439,7 +1480,21 @@ def main() -> None:
         metavar="DIR",
         help="`table`: folders of result JSONs (collect's output) to tabulate together",
     )
+    ap.add_argument("--into", default=None, metavar="DIR", help="`ingest`: a new slice folder")
+    ap.add_argument(
+        "--bundles",
+        nargs="+",
+        default=[],
+        metavar="TAR",
+        help="`ingest`: device bundles (session_*.tar.gz) of one instance, oldest first",
+    )
     a = ap.parse_args()
+    if a.action == "ingest":
+        if not a.into or not a.bundles:
+            raise SystemExit("ingest needs --into DIR and --bundles TAR [TAR ...]")
+        files = ingest(a)
+        print(f"wrote {len(files)} files into {a.into}")
+        return
     if a.action == "list":
         for name, (preset, extra) in grid(a.slice, a.loss).items():
             print(f"{name:28s} configs/cifar10/{preset:28s} {' '.join(extra)}")

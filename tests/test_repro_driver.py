@@ -736,3 +736,52 @@ def test_table_shows_a_diagnostic_beside_vanilla_but_never_as_the_best(tmp_path)
     conv = json.loads((tmp_path / "out" / "table.json").read_text())["convergence"]
     assert conv["diag-adam099-vanilla-eps"]["vanilla"] == "vanilla-eps"
     assert conv["diag-adam099-vanilla-eps"]["steps_to_target"] == 2500
+
+
+def test_ingest_unpacks_a_sessions_bundles_in_order_and_never_overwrites_a_slice(tmp_path):
+    """Each bundle is a snapshot of one session folder: the later one wins where both have a
+    file, files only the earlier one kept survive (slice 8's first bundle held O1 matrices that
+    were deleted on the machine later), empty logs and the finished-marker are left out."""
+    import io
+    import tarfile
+
+    def bundle(name, files):
+        path = tmp_path / name
+        with tarfile.open(path, "w:gz") as tar:
+            for rel, data in files.items():
+                info = tarfile.TarInfo(f"results/{rel}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return path
+
+    first = bundle("session_1.tar.gz", {
+        "phase1-vanilla-eps-s1.json": b'{"curve": []}',
+        "affinity-vanilla-eps-s1/affinity.npy": b"early matrix",
+        "affinity_vanilla-eps-s1.log": b"",  # still empty when bundled
+    })  # fmt: skip
+    last = bundle("session_2.tar.gz", {
+        "phase1-vanilla-eps-s1.json": b'{"curve": [1]}',
+        "runs/vanilla-eps-s1/metrics.jsonl": b"{}\n",
+        "slice.finished": b"x",
+        "work.log": b"",
+    })  # fmt: skip
+    into = tmp_path / "slice9"
+    proc = subprocess.run(
+        [sys.executable, str(DRIVER), "ingest", "--into", str(into), "--bundles", str(first),
+         str(last)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 3 files" in proc.stdout
+    assert (into / "phase1-vanilla-eps-s1.json").read_bytes() == b'{"curve": [1]}'
+    assert (into / "affinity-vanilla-eps-s1" / "affinity.npy").read_bytes() == b"early matrix"
+    assert (into / "runs" / "vanilla-eps-s1" / "metrics.jsonl").exists()
+    assert not (into / "slice.finished").exists() and not (into / "work.log").exists()
+    assert not (into / "affinity_vanilla-eps-s1.log").exists()
+    # a folder that holds files is a record: refused, untouched
+    again = subprocess.run(
+        [sys.executable, str(DRIVER), "ingest", "--into", str(into), "--bundles", str(first)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert again.returncode != 0 and "already holds files" in again.stderr
+    assert (into / "phase1-vanilla-eps-s1.json").read_bytes() == b'{"curve": [1]}'
