@@ -57,11 +57,15 @@ def test_grid_lists_the_protocol():
     assert {"vanilla-eps-s1", "timestep-uw-hybrid-s1", "p2-hybrid-s0", "minsnr-eps-s0"} <= set(
         names
     )
-    # the diagnostics: vanilla with one setting changed (Adam's β₂), seed 0, each loss
+    # the diagnostics: vanilla with one setting changed (Adam's β₂), seeds 0 and 1, each loss
     diag = {line.split()[0]: line.split()[2:] for line in out if line.startswith("diag-")}
-    assert set(diag) == {"diag-adam099-vanilla-eps-s0", "diag-adam099-vanilla-hybrid-s0"}
-    vanilla = {line.split()[0]: line.split()[2:] for line in out}["vanilla-eps-s0"]
-    assert diag["diag-adam099-vanilla-eps-s0"] == ["optim.betas=[0.9,", "0.99]", *vanilla]
+    assert set(diag) == {
+        f"diag-adam099-vanilla-{lo}-s{s}" for lo in ("eps", "hybrid") for s in (0, 1)
+    }
+    by_name = {line.split()[0]: line.split()[2:] for line in out}
+    for s in (0, 1):
+        vanilla = by_name[f"vanilla-eps-s{s}"]
+        assert diag[f"diag-adam099-vanilla-eps-s{s}"] == ["optim.betas=[0.9,", "0.99]", *vanilla]
     out2 = subprocess.run(
         [sys.executable, str(DRIVER), "list", "phase2", "--loss", "eps"],
         capture_output=True,
