@@ -298,15 +298,17 @@ o1_matrices() { # [GROUP-INDEX]: the O1 matrices (of that group's runs only), al
 }
 
 work() {
-    local pids=() first=0
+    # this instance's first card (not the host's card 0 when CUDA_VISIBLE_DEVICES names others)
+    local pids=() first=0 CARD0
+    CARD0=$(echo "${CUDA_VISIBLE_DEVICES:-0}" | cut -d, -f1)
     if [ -n "${THROUGHPUT:-}" ] && [ -z "$SMOKE" ] && [ ! -f "$D/results/throughput.done" ]; then
         first=1
         (
-            CUDA_VISIBLE_DEVICES=0 "$PY" benchmarks/train_throughput.py --data "$DATA" \
+            CUDA_VISIBLE_DEVICES=$CARD0 "$PY" benchmarks/train_throughput.py --data "$DATA" \
                 --seconds 40 --variants vanilla,ant_uw,ant_pcgrad --out "$D/results" --tag eager \
                 >"$D/logs/throughput_eager.log" 2>&1
             for v in vanilla ant_uw; do
-                CUDA_VISIBLE_DEVICES=0 timeout 210 "$PY" benchmarks/train_throughput.py \
+                CUDA_VISIBLE_DEVICES=$CARD0 timeout 210 "$PY" benchmarks/train_throughput.py \
                     --data "$DATA" --skip-plain --steps 600 --warmup 200 --compile --variants $v \
                     --out "$D/results" --tag "compiled_$v" >"$D/logs/throughput_$v.log" 2>&1
             done

@@ -134,6 +134,7 @@ def main() -> int:
     import torch
 
     from antdiff.analysis.ntg_pipeline import (
+        child_visible_devices,
         parse_intervals,
         run_finished,
         run_trainers,
@@ -230,7 +231,7 @@ def main() -> int:
             cmd += ["--inception", args.inception]
         env = dict(os.environ)
         if dev.startswith("cuda:"):
-            env["CUDA_VISIBLE_DEVICES"] = dev.split(":")[1]
+            env["CUDA_VISIBLE_DEVICES"] = child_visible_devices(dev)
         procs.append(
             subprocess.Popen(
                 cmd, env=env, stdout=(root / f"ntg_{i}.log").open("ab"), stderr=subprocess.STDOUT
@@ -240,7 +241,7 @@ def main() -> int:
     if not args.skip_affinity:
         env = dict(os.environ)
         if gpus[0].startswith("cuda:"):
-            env["CUDA_VISIBLE_DEVICES"] = gpus[0].split(":")[1]
+            env["CUDA_VISIBLE_DEVICES"] = child_visible_devices(gpus[0])
         cmd = [
             sys.executable, "benchmarks/affinity_cost.py", "--run", str(runs[0]), "--bins", str(args.affinity_bins),
             "--images", str(args.affinity_images), "--out", str(root / "affinity"),

@@ -246,10 +246,69 @@ def test_measure_ntg_refuses_an_interval_the_sampler_never_visits(tmp_path):
 def test_trainer_threads_share_the_cores():
     from antdiff.analysis.ntg_pipeline import trainer_threads
 
-    assert trainer_threads(8, cpus=64) == 8
-    assert trainer_threads(3, cpus=64) == 21
-    assert trainer_threads(16, cpus=4) == 1  # never zero
-    assert trainer_threads(0, cpus=4) == 4
+    assert trainer_threads(8, cpus=64, card_share=1.0) == 8
+    assert trainer_threads(3, cpus=64, card_share=1.0) == 21
+    assert trainer_threads(16, cpus=4, card_share=1.0) == 1  # never zero
+    assert trainer_threads(0, cpus=4, card_share=1.0) == 4
+    # an instance that sees 2 of the host's 4 cards shares their half of the cores
+    assert trainer_threads(6, cpus=64, card_share=0.5) == 5
+    assert trainer_threads(1, cpus=64, card_share=0.25) == 16
+
+
+def test_host_card_share_counts_this_process_cards_against_the_hosts():
+    from antdiff.analysis.ntg_pipeline import host_card_share
+
+    assert host_card_share("2,3", host_cards=4) == 0.5
+    assert host_card_share("1", host_cards=4) == 0.25
+    assert host_card_share("0,1,2,3", host_cards=4) == 1.0
+    assert host_card_share(None, host_cards=4) == 1.0  # unset: every card
+    assert host_card_share("0", host_cards=0) == 1.0  # host's cards unknown
+    assert host_card_share("", host_cards=4) == 1.0
+
+
+def test_a_child_runs_on_the_card_its_parent_calls_cuda_i():
+    """Under CUDA_VISIBLE_DEVICES=2,3 the parent's cuda:0 is physical card 2: the child's
+    variable must name 2, not 0 (the tenth session's instances all trained on card 0)."""
+    from antdiff.analysis.ntg_pipeline import child_visible_devices
+
+    assert child_visible_devices("cuda:0", "2,3") == "2"
+    assert child_visible_devices("cuda:1", "2,3") == "3"
+    assert child_visible_devices("cuda:1", "GPU-aa, GPU-bb") == "GPU-bb"
+    assert child_visible_devices("cuda:3", None) == "3"
+    assert child_visible_devices("cuda:3", "") == "3"
+    with pytest.raises(ValueError, match="cuda:0 to cuda:1"):
+        child_visible_devices("cuda:2", "2,3")
+    with pytest.raises(ValueError, match="cuda:<index>"):
+        child_visible_devices("cpu", "0")
+
+
+def test_run_trainers_puts_each_trainer_on_the_parents_card(tmp_path, monkeypatch):
+    import subprocess
+
+    from antdiff.analysis import ntg_pipeline
+
+    envs: dict[str, dict[str, str]] = {}
+
+    class Done:
+        def poll(self):
+            return 0
+
+    def fake_popen(cmd, *, env, **kwargs):
+        envs[Path(cmd[4]).stem] = env
+        kwargs["stdout"].close()
+        return Done()
+
+    monkeypatch.setattr(subprocess, "Popen", fake_popen)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    configs = []
+    for name in ("a", "b"):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(
+            yaml.safe_dump({"run": {"dir": str(tmp_path / name)}, "train": {"steps": 5}})
+        )
+        configs.append(cfg)
+    ntg_pipeline.run_trainers(configs, devices=["cuda:0", "cuda:1"], per_device=1)
+    assert {k: v["CUDA_VISIBLE_DEVICES"] for k, v in envs.items()} == {"a": "2", "b": "3"}
 
 
 def test_run_trainers_caps_each_trainers_cpu_threads(tmp_path, monkeypatch):

@@ -48,6 +48,7 @@ from .ntg import FIDMeasurement, NTGTable, compute_ntg
 
 __all__ = [
     "NTGSetup",
+    "child_visible_devices",
     "find_specialists",
     "load_run_config",
     "measure_ntg",
@@ -176,8 +177,31 @@ def _latest_step(run: Path) -> int:
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def trainer_threads(concurrent: int, cpus: int | None = None) -> int:
-    """CPU threads for each of ``concurrent`` trainers on one host: an equal share of its cores.
+def host_card_share(visible: str | None = None, host_cards: int | None = None) -> float:
+    """The share of this host's GPUs that this process sees: ``len(CUDA_VISIBLE_DEVICES) /
+    host_cards`` (default: the environment's variable and the cards the NVIDIA driver lists in
+    ``/proc/driver/nvidia/gpus``), 1 when either is unknown.
+
+    Several independent launchers on one host (``device_session.sh`` instances, each with its own
+    cards) then split the cores by cards instead of each claiming all of them."""
+    if visible is None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if host_cards is None:
+        try:
+            host_cards = len(os.listdir("/proc/driver/nvidia/gpus"))
+        except OSError:  # no NVIDIA driver, or not Linux
+            host_cards = 0
+    if visible is None or host_cards <= 0:
+        return 1.0
+    seen = len([e for e in visible.split(",") if e.strip()])
+    return min(1.0, seen / host_cards) if seen else 1.0
+
+
+def trainer_threads(
+    concurrent: int, cpus: int | None = None, card_share: float | None = None
+) -> int:
+    """CPU threads for each of ``concurrent`` trainers on one host: an equal share of the cores
+    that go with this process's cards (``card_share`` of them, :func:`host_card_share`).
 
     Without a cap every trainer's BLAS starts one thread per core; eight trainers on a 64-core
     host then run 512 spinning threads, and the CPU side of an evaluation (covariances and
@@ -187,7 +211,35 @@ def trainer_threads(concurrent: int, cpus: int | None = None) -> int:
             cpus = len(os.sched_getaffinity(0))
         except AttributeError:  # not on Linux
             cpus = os.cpu_count() or 1
-    return max(1, cpus // max(1, concurrent))
+    if card_share is None:
+        card_share = host_card_share()
+    return max(1, int(cpus * card_share) // max(1, concurrent))
+
+
+def child_visible_devices(device: str, visible: str | None = None) -> str:
+    """The ``CUDA_VISIBLE_DEVICES`` of a child process that is to run on this process's ``device``
+    (``"cuda:i"``): entry ``i`` of this process's own ``CUDA_VISIBLE_DEVICES`` (``visible``,
+    default: the environment's), or ``"i"`` when that is unset.
+
+    ``cuda:i`` numbers the cards this process sees. Setting the child's variable to ``i`` itself
+    would, under a parent started with ``CUDA_VISIBLE_DEVICES=2,3``, put its ``cuda:0`` trainers
+    on physical card 0: in the tenth session three instances of ``device_session.sh`` ran every
+    first-card trainer on card 0 while cards 2 and 3 stood idle."""
+    head, sep, index = device.partition(":")
+    if head != "cuda" or not sep or not index.isdigit():
+        raise ValueError(f"device {device!r}: expected cuda:<index>, e.g. cuda:0")
+    if visible is None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None or not visible.strip():
+        return index
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    i = int(index)
+    if i >= len(entries):
+        raise ValueError(
+            f"device {device} is not among the {len(entries)} card(s) this process sees "
+            f"(CUDA_VISIBLE_DEVICES={visible}): use cuda:0 to cuda:{len(entries) - 1}"
+        )
+    return entries[i]
 
 
 def _default_launcher(
@@ -199,7 +251,7 @@ def _default_launcher(
             env.setdefault(var, str(threads))  # the caller's own setting wins
     cmd = [sys.executable, "-m", "antdiff.cli", "train", str(config_path), "--resume", "auto"]
     if device.startswith("cuda:"):
-        env["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
+        env["CUDA_VISIBLE_DEVICES"] = child_visible_devices(device)
         cmd += ["--set", "train.device=cuda"]
     elif device != "auto":
         cmd += ["--set", f"train.device={device}"]
