@@ -592,8 +592,9 @@ def trainers_per_card(folder: Path) -> dict[str, int]:
     most runs whose spans on that card overlap one of its spans. A span runs from a device log's
     "[repro HH:MM:SS] <name>: training on cuda:N" line to the run's next "stopped at step" or
     "finished at step" line; a line without a time (the O2 specialists' log) or a span without
-    an end overlaps every span of its card. Joints, specialists, every run of the slice count;
-    {} where the logs are missing."""
+    an end overlaps every span of its card. Joints, specialists, every run of the slice count,
+    and so do the runs in ``host/*.log``: the device logs of other instances that trained on the
+    same cards under the same names (``ingest --host-logs``); {} where the logs are missing."""
     line = re.compile(
         r"^(?:\[repro (\d\d):(\d\d):(\d\d)\] |.*?)([\w.-]+): "
         r"(?:training on (cuda:\d+)|stopped at step|finished at step)",
@@ -601,7 +602,7 @@ def trainers_per_card(folder: Path) -> dict[str, int]:
     )
     inf = float("inf")
     spans: dict[str, list[tuple[str, float, float]]] = {}  # name -> (card, start, end)
-    for log in sorted(folder.glob("*.log")):
+    for log in sorted(folder.glob("*.log")) + sorted(folder.glob("host/*.log")):
         offset, last = 0.0, -inf
         for m in line.finditer(log.read_text()):
             hh, mm, ss, name, card = m.groups()
@@ -1402,7 +1403,10 @@ def ingest(a: argparse.Namespace) -> list[Path]:
     """Unpack device bundles (``session_*.tar.gz``, a ``results/`` folder each) into ``--into``,
     in the order given: each bundle is a snapshot of the same session folder, so a later one's
     file replaces an earlier one's and files only an earlier one holds (work since deleted on
-    the machine) are kept. Empty files (logs of work that never wrote) and the
+    the machine) are kept. ``--host-logs`` names the last bundles of other instances whose
+    trainers shared this instance's cards under the same card names: their device logs
+    (``repro_*.log``) go to ``host/<tag>_<log>``, so the cost table counts those trainers too
+    (in the tenth session every instance's ``cuda:0`` was the host's card 0). Empty files (logs of work that never wrote) and the
     ``slice.finished`` marker are left out. Refuses a ``--into`` that already holds files: a
     committed slice folder is never overwritten. Returns the files written."""
     import tarfile
@@ -1414,7 +1418,8 @@ def ingest(a: argparse.Namespace) -> list[Path]:
             "written, is a record)"
         )
     bundles = [Path(b) for b in a.bundles]
-    for b in bundles:
+    host_bundles = [Path(b) for b in getattr(a, "host_logs", None) or []]
+    for b in bundles + host_bundles:
         if not b.is_file():
             raise SystemExit(f"bundle {b} does not exist")
     written: dict[Path, None] = {}
@@ -1435,6 +1440,21 @@ def ingest(a: argparse.Namespace) -> list[Path]:
                 written[target] = None
     if not written:
         raise SystemExit(f"no result files in {', '.join(map(str, bundles))}")
+    # Trainers of other instances that shared this one's cards: their device logs go to host/,
+    # named by their instance's tag, where trainers_per_card counts them.
+    for b in host_bundles:
+        tag = b.name.removeprefix("session_").split("-", 1)[0] or "host"
+        with tarfile.open(b) as tar:
+            for m in tar.getmembers():
+                rel = Path(m.name)
+                if m.isfile() and m.size and len(rel.parts) == 2 and rel.parts[0] == "results":
+                    if re.fullmatch(r"repro_[\w.-]*\.log", rel.name):
+                        target = into / "host" / f"{tag}_{rel.name}"
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        src = tar.extractfile(m)
+                        assert src is not None
+                        target.write_bytes(src.read())
+                        written[target] = None
     return sorted(written)
 
 
@@ -1494,6 +1514,14 @@ def main() -> None:
         default=[],
         metavar="TAR",
         help="`ingest`: device bundles (session_*.tar.gz) of one instance, oldest first",
+    )
+    ap.add_argument(
+        "--host-logs",
+        nargs="+",
+        default=[],
+        metavar="TAR",
+        help="`ingest`: the last bundle of each other instance whose trainers shared these "
+        "cards under the same names; their device logs go to host/ for the cost table",
     )
     a = ap.parse_args()
     if a.action == "ingest":

@@ -789,3 +789,47 @@ def test_ingest_unpacks_a_sessions_bundles_in_order_and_never_overwrites_a_slice
     )  # fmt: skip
     assert again.returncode != 0 and "already holds files" in again.stderr
     assert (into / "phase1-vanilla-eps-s1.json").read_bytes() == b'{"curve": [1]}'
+
+
+def test_ingest_host_logs_make_the_cost_table_count_other_instances_trainers(tmp_path):
+    """The tenth session: three instances each called the host's card 0 ``cuda:0`` and put their
+    trainers there. With the other instances' logs in host/, the count per card is the card's."""
+    import io
+    import tarfile
+
+    def bundle(name, files):
+        path = tmp_path / name
+        with tarfile.open(path, "w:gz") as tar:
+            for rel, data in files.items():
+                info = tarfile.TarInfo(f"results/{rel}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return path
+
+    own = bundle("session_phase1a-002759.tar.gz", {
+        "phase1-vanilla-hybrid-s0.json": b'{"curve": []}',
+        "repro_cuda0.log": b"[repro 00:01:40] vanilla-hybrid-s0: training on cuda:0 (from step 0)\n"
+                           b"[repro 00:20:17] vanilla-hybrid-s0: stopped at step 2501\n",
+    })  # fmt: skip
+    other = bundle("session_phase2-002647.tar.gz", {
+        "phase2-vanilla-eps-s1.json": b'{"curve": []}',  # not a log: not copied
+        "repro_cuda0.log": b"[repro 00:01:40] minsnr-eps-s0: training on cuda:0 (from step 0)\n"
+                           b"[repro 00:26:11] minsnr-eps-s0: stopped at step 5000\n",
+        "repro_cuda1.log": b"[repro 00:01:40] vanilla-eps-s1: training on cuda:1 (from step 0)\n"
+                           b"[repro 00:22:01] vanilla-eps-s1: finished at step 5000\n",
+        "runs/x/train.log": b"not a device log",
+    })  # fmt: skip
+    into = tmp_path / "slice9a"
+    proc = subprocess.run(
+        [sys.executable, str(DRIVER), "ingest", "--into", str(into), "--bundles", str(own),
+         "--host-logs", str(other)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (into / "host").iterdir()) == [
+        "phase2_repro_cuda0.log",
+        "phase2_repro_cuda1.log",
+    ]
+    assert not (into / "phase2-vanilla-eps-s1.json").exists()
+    counts = _driver_module().trainers_per_card(into)
+    assert counts["vanilla-hybrid-s0"] == 2  # itself and minsnr-eps-s0, not vanilla-eps-s1
