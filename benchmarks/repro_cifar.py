@@ -360,6 +360,24 @@ def convergence(curves: dict[str, dict[int, float]]) -> dict[str, dict[str, Any]
     return out
 
 
+def longest_log(instances: list[Path]) -> Path:
+    """Of one run name's folders (in the order named), the one whose ``metrics.jsonl`` reaches
+    the furthest step, the first on a tie: the loss sections take it, so that a short rerun in a
+    newer folder (slice 9's vanilla hybrid seed 0, 2,500 steps) does not cut a longer run's
+    curve (slice 7's)."""
+
+    def last_step(run: Path) -> int:
+        last = 0
+        for line in (run / "metrics.jsonl").read_text().splitlines():
+            try:
+                last = max(last, int(json.loads(line).get("step", 0)))
+            except (ValueError, AttributeError):
+                continue
+        return last
+
+    return max(instances, key=lambda r: (last_step(r), -instances.index(r)))
+
+
 def cluster_loss_ratios(runs: list[Path], window: int = 5) -> dict[str, dict[str, Any]]:
     """Per-cluster training loss of every balanced run (ANT, no loss weighting) over that of the
     vanilla run with the same loss and seed, at their common log steps: both losses averaged
@@ -381,12 +399,10 @@ def cluster_loss_ratios(runs: list[Path], window: int = 5) -> dict[str, dict[str
     for name, (log, loss, seed) in sorted(logs.items()):
         if log.balancer_name in (None, "vanilla"):
             continue
-        partner = next(
-            (n for n, (lg, ls, sd) in logs.items()
-             if lg.balancer_name == "vanilla" and ls == loss and sd == seed),
-            None,
-        )  # fmt: skip
-        if partner is None:
+        # the protocol's vanilla run by name: a diagnostic (vanilla balancer, another optimiser
+        # setting) of the same loss and seed is not the reference
+        partner = f"vanilla-{loss}-s{seed}"
+        if partner not in logs or logs[partner][0].balancer_name not in (None, "vanilla"):
             continue
         ref = logs[partner][0]
         common, ia, ib = np.intersect1d(log.steps, ref.steps, return_indices=True)
@@ -589,7 +605,7 @@ def ntg_across_seeds(folders: list[str | Path]) -> dict[str, dict[str, Any]]:
 
 def trainers_per_card(folder: Path) -> dict[str, int]:
     """How many trainers each run shared its card with at once in a slice, itself included: the
-    most runs whose spans on that card overlap one of its spans. A span runs from a device log's
+    most runs training on that card at one moment of one of its spans. A span runs from a device log's
     "[repro HH:MM:SS] <name>: training on cuda:N" line to the run's next "stopped at step" or
     "finished at step" line; a line without a time (the O2 specialists' log) or a span without
     an end overlaps every span of its card. Joints, specialists, every run of the slice count,
@@ -622,13 +638,19 @@ def trainers_per_card(folder: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     for name, own in unique.items():
         for card, start, end in own:
-            sharing = {
-                other
+            # the spans on this card within this one, clipped to it; the most at once is
+            # reached where one of them begins (runs that only followed each other are not
+            # counted together)
+            clipped = [
+                (other, max(s, start), min(e, end))
                 for other, theirs in unique.items()
                 for c, s, e in theirs
                 if c == card and s <= end and start <= e
-            }
-            counts[name] = max(counts.get(name, 0), len(sharing))
+            ]
+            at_once = max(
+                len({other for other, s, e in clipped if s <= t <= e}) for _, t, _ in clipped
+            )
+            counts[name] = max(counts.get(name, 0), at_once)
     return counts
 
 
@@ -1303,7 +1325,7 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
     for f in a.sources:
         for r in sorted(Path(f).glob("runs/*/metrics.jsonl")):
             instances.setdefault(r.parent.name, []).append(r.parent)
-    runs = sorted(i[0] for i in instances.values())  # the first folder's, as for result files
+    runs = sorted(longest_log(i) for i in instances.values())
     ratios = cluster_loss_ratios(runs) if runs else {}
     if ratios:
         lines += [

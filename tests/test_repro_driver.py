@@ -417,6 +417,8 @@ def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and
 
     van = [[1.0, 0.1]] * 6
     runs = [
+        # a diagnostic (vanilla balancer, another optimiser setting): never the reference
+        run("diag-adam099-vanilla-eps-s0", None, 0, False, "none", [[7.0, 0.7]] * 6),
         run("vanilla-eps-s0", None, 0, False, "none", van),
         run("vanilla-eps-s1", None, 1, False, "none", [[2.0, 0.2]] * 6),
         run("vanilla-hybrid-s0", None, 0, True, "none", [[4.0, 0.4]] * 6),
@@ -576,6 +578,19 @@ def test_trainers_per_card_counts_the_runs_on_a_card_at_once_not_one_after_anoth
     )
     counts = repro_cifar.trainers_per_card(tmp_path)
     assert counts["vanilla-eps-s1"] == 2 and counts["minsnr-eps-s0"] == 2
+    # the tenth session's card 0: a long run beside two others that followed each other (one
+    # stopped, the next started later) had two partners, but never more than one at a time
+    (tmp_path / "repro_cuda0.log").write_text(
+        "[repro 00:01:40] vanilla-eps-s0: training on cuda:0 (from step 0)\n"
+        "[repro 00:01:40] timestep-pcgrad-hybrid-s0: training on cuda:0 (from step 0)\n"
+        "[repro 00:03:34] timestep-pcgrad-hybrid-s0: stopped at step 227\n"
+        "[repro 00:11:08] diag-adam099-vanilla-eps-s1: training on cuda:0 (from step 0)\n"
+        "[repro 00:25:44] diag-adam099-vanilla-eps-s1: stopped at step 2500\n"
+        "[repro 00:26:24] vanilla-eps-s0: stopped at step 5000\n"
+    )
+    counts = repro_cifar.trainers_per_card(tmp_path)
+    assert counts["vanilla-eps-s0"] == 2
+    assert counts["timestep-pcgrad-hybrid-s0"] == 2 and counts["diag-adam099-vanilla-eps-s1"] == 2
 
 
 def test_an_o2_joint_fid_follows_the_first_folder_rule_like_any_point(tmp_path):
@@ -833,3 +848,20 @@ def test_ingest_host_logs_make_the_cost_table_count_other_instances_trainers(tmp
     assert not (into / "phase2-vanilla-eps-s1.json").exists()
     counts = _driver_module().trainers_per_card(into)
     assert counts["vanilla-hybrid-s0"] == 2  # itself and minsnr-eps-s0, not vanilla-eps-s1
+
+
+def test_the_loss_sections_take_a_runs_longest_log_not_the_newest_folders(tmp_path):
+    repro_cifar = _driver_module()
+
+    def run(folder, steps):
+        d = tmp_path / folder / "runs" / "vanilla-hybrid-s0"
+        d.mkdir(parents=True)
+        d.joinpath("metrics.jsonl").write_text(
+            "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in steps)
+        )
+        return d
+
+    newer, older = run("slice9a", [100, 2500]), run("slice7", [100, 2500, 5600])
+    assert repro_cifar.longest_log([newer, older]) == older
+    tie = run("slice8", [100, 2500])
+    assert repro_cifar.longest_log([newer, tie]) == newer  # the first named on a tie
