@@ -393,6 +393,15 @@ running() { [ -n "$body" ] && kill -0 "$body" 2>/dev/null; }
 while running && [ $((SECONDS - START)) -lt $((BUDGET - 45)) ]; do sleep 2; done
 running && say "budget reached: bundling while the work is still running"
 say "collect and bundle"
+if [ -z "$SMOKE" ]; then
+    # what every card of the host is doing now (all cards, not only this instance's): the tenth
+    # session's trainers all landed on card 0 while cards 2 and 3 stood idle, unseen for 30 min
+    {
+        echo "# $(date -u +%FT%TZ) ${BUNDLE_TAG:-} CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-unset}"
+        env -u CUDA_VISIBLE_DEVICES nvidia-smi --query-gpu=index,utilization.gpu,memory.used \
+            --format=csv,noheader
+    } 2>&1 | tee -a "$D/results/cards.log"
+fi
 "$PY" benchmarks/repro_cifar.py collect "${SLICE_ARGS[@]}" --root "$D/repro" --results "$D/results" \
     >>"$D/logs/collect.log" 2>&1
 "$PY" benchmarks/repro_cifar.py summary --root "$D/repro" --results "$D/results" \
