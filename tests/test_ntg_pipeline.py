@@ -595,3 +595,75 @@ def test_run_trainers_stops_a_trainer_whose_next_evaluation_cannot_end_in_time(t
     else:
         assert signalled["slow"] >= 3.0
         assert not any("would be done" in m for m in said)
+
+
+def test_a_first_evaluation_is_projected_to_take_as_long_as_another_runs(tmp_path):
+    """Slice 9: a run before its first evaluation projected 0 s for it, started an evaluation
+    it could not finish and lost it at the deadline. Once any run of the call has measured an
+    evaluation, a run without one of its own is projected with that duration."""
+    import time
+
+    from antdiff.analysis import ntg_pipeline
+
+    signalled: set[str] = set()
+
+    class Trainer:
+        def __init__(self, name: str):
+            self.name = name
+
+        def poll(self):
+            return 0 if self.name in signalled else None
+
+        def send_signal(self, sig):
+            signalled.add(self.name)
+
+    now = time.time()
+    # "measured": evaluated at 2500 in 600 s, then a long way from its next one (stopped too)
+    _metrics(
+        tmp_path / "measured",
+        [
+            {"step": 2500, "eval": {"fid": 99.0}, "eval_seconds": {"sampling": 600.0}},
+            {"step": 2600, "it_per_s": 1.0},
+        ],
+        written_at=now,
+    )
+    # "first": 100 steps at 100 it/s from its first evaluation: 1 s of training, which fits the
+    # 3-s deadline on its own but not with the 600 s that evaluations take here
+    _metrics(tmp_path / "first", [{"step": 2400, "it_per_s": 100.0}], written_at=now)
+    _metrics(tmp_path / "alone", [{"step": 2400, "it_per_s": 100.0}], written_at=now)
+
+    def configs(names):
+        out = []
+        for name in names:
+            cfg = tmp_path / f"{name}.yaml"
+            run = {"dir": str(tmp_path / name)}
+            train = {"steps": 50000, "eval_every": 2500}
+            cfg.write_text(yaml.safe_dump({"run": run, "train": train}))
+            out.append(cfg)
+        return out
+
+    said: list[str] = []
+    ntg_pipeline.run_trainers(
+        configs(["measured", "first"]),
+        devices=["cpu"],
+        per_device=2,
+        time_limit=3.0,
+        launcher=lambda cfg, dev, log: Trainer(Path(cfg).stem),
+        progress=said.append,
+        deadline_is_final=True,
+    )
+    assert signalled == {"measured", "first"}
+    assert any("first: its next evaluation (step 2500)" in m and "evaluation 600 s" in m
+               for m in said)  # fmt: skip
+    # alone, with nothing measured, the projection stays a lower bound: it is left to run
+    signalled.clear()
+    ntg_pipeline.run_trainers(
+        configs(["alone"]),
+        devices=["cpu"],
+        per_device=1,
+        time_limit=1.5,
+        launcher=lambda cfg, dev, log: Trainer(Path(cfg).stem),
+        progress=said.append,
+        deadline_is_final=True,
+    )
+    assert not any("alone: its next" in m for m in said)

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -284,9 +284,11 @@ class NextResult:
     evaluated step), or ``train.steps`` when no evaluation remains; ``done_at`` the wall time
     (``time.time()``) at which it would be done: the time of the log's last line (the file's
     modification time) + the steps still to train at the last window's rate + the last
-    evaluation's duration (0 before the first, so that the projection is then a lower bound).
-    ``from_step``, ``rate`` (it/s) and ``eval_seconds`` are the inputs, for the log line that
-    reports a decision made from it."""
+    evaluation's duration (0 before the first, so that the projection is then a lower bound;
+    :func:`run_trainers` then takes another run's). ``from_step``, ``rate`` (it/s) and
+    ``eval_seconds`` are the inputs, for the log line that reports a decision made from it;
+    ``measured_eval_seconds`` is the run's own last evaluation's duration (None before its
+    first)."""
 
     step: int
     done_at: float
@@ -294,6 +296,7 @@ class NextResult:
     from_step: int = 0
     rate: float = 0.0
     eval_seconds: float = 0.0
+    measured_eval_seconds: float | None = None
 
 
 def _same_process(previous: dict[str, Any] | None, row: dict[str, Any]) -> bool:
@@ -334,7 +337,7 @@ def next_result(run: str | Path, *, eval_every: int, steps: int) -> NextResult |
         last_line_at = log.stat().st_mtime
     except OSError:
         return None
-    step, rate, evaluated, eval_seconds = 0, None, 0, 0.0
+    step, rate, evaluated, eval_seconds, measured = 0, None, 0, 0.0, None
     last: dict[str, Any] | None = None  # the previous training line
     for line in text.splitlines():
         try:
@@ -345,6 +348,7 @@ def next_result(run: str | Path, *, eval_every: int, steps: int) -> NextResult |
         if "eval" in row:
             evaluated = max(evaluated, int(row["step"]))
             eval_seconds = float(sum((row.get("eval_seconds") or {}).values()))
+            measured = eval_seconds if row.get("eval_seconds") else None
         elif row.get("it_per_s"):
             rate = float(row["it_per_s"]) if _same_process(last, row) else None
             last = row
@@ -365,6 +369,7 @@ def next_result(run: str | Path, *, eval_every: int, steps: int) -> NextResult |
         from_step=step,
         rate=rate,
         eval_seconds=eval_seconds if is_evaluation else 0.0,
+        measured_eval_seconds=measured,
     )
 
 
@@ -423,6 +428,9 @@ def run_trainers(
     stopped = False
     early: set[Path] = set()  # runs stopped because their next result could not be done in time
     next_check = 0.0
+    # the longest evaluation measured by any of these runs: a run's first evaluation is projected
+    # to take as long (slice 9: a lone 0-s guess let a run start an evaluation it could not end)
+    seen_eval = 0.0
     while todo or running:
         while todo and len(running) < len(devs) * per_device and not stopped:
             load = {d: sum(r[1] == d for r in running) for d in devs}
@@ -446,10 +454,20 @@ def run_trainers(
             if now >= next_check:
                 next_check = now + 10.0
                 wall_deadline = time.time() + (deadline - now)
+                projected = {
+                    run: next_result(run, eval_every=schedule[run][0], steps=schedule[run][1])
+                    for _, _, run in running
+                }
+                seen_eval = max(
+                    [seen_eval]
+                    + [n.measured_eval_seconds or 0.0 for n in projected.values() if n is not None]
+                )
                 for proc, _, run in running:
-                    nxt = next_result(run, eval_every=schedule[run][0], steps=schedule[run][1])
+                    nxt = projected[run]
                     if run in early or proc.poll() is not None or nxt is None:
                         continue
+                    if nxt.is_evaluation and nxt.measured_eval_seconds is None and seen_eval:
+                        nxt = replace(nxt, done_at=nxt.done_at + seen_eval, eval_seconds=seen_eval)
                     if nxt.done_at > wall_deadline:
                         early.add(run)
                         what = "evaluation" if nxt.is_evaluation else "last step"
