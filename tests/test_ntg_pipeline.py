@@ -437,6 +437,15 @@ def _metrics(run: Path, rows: list[dict[str, Any]], written_at: float, tail: str
     os.utime(log, (written_at, written_at))
 
 
+def _evaluated_at_2500(run: Path, *, eval_seconds: float, step: int, rate: float, at: float):
+    """A log evaluated at step 2500 (taking ``eval_seconds``), then trained to ``step``."""
+    rows = [
+        {"step": 2500, "eval": {"fid": 99.0}, "eval_seconds": {"sampling": eval_seconds}},
+        {"step": step, "it_per_s": rate},
+    ]
+    _metrics(run, rows, written_at=at)
+
+
 def test_next_result_projects_the_next_evaluation_from_the_log(tmp_path):
     from antdiff.analysis.ntg_pipeline import next_result
 
@@ -551,14 +560,7 @@ def test_run_trainers_stops_a_trainer_whose_next_evaluation_cannot_end_in_time(t
 
     now = time.time()
     # "slow": evaluated at 2500, now at 2600 at 1 it/s: step 5000 is ~40 minutes away
-    _metrics(
-        tmp_path / "slow",
-        [
-            {"step": 2500, "eval": {"fid": 99.0}, "eval_seconds": {"sampling": 60.0}},
-            {"step": 2600, "it_per_s": 1.0},
-        ],
-        written_at=now,
-    )
+    _evaluated_at_2500(tmp_path / "slow", eval_seconds=60.0, step=2600, rate=1.0, at=now)
     # "fast": 100 steps from its evaluation at 1000 it/s, which then takes 1 s
     _metrics(
         tmp_path / "fast",
@@ -619,14 +621,7 @@ def test_a_first_evaluation_is_projected_to_take_as_long_as_another_runs(tmp_pat
 
     now = time.time()
     # "measured": evaluated at 2500 in 600 s, then a long way from its next one (stopped too)
-    _metrics(
-        tmp_path / "measured",
-        [
-            {"step": 2500, "eval": {"fid": 99.0}, "eval_seconds": {"sampling": 600.0}},
-            {"step": 2600, "it_per_s": 1.0},
-        ],
-        written_at=now,
-    )
+    _evaluated_at_2500(tmp_path / "measured", eval_seconds=600.0, step=2600, rate=1.0, at=now)
     # "first": 100 steps at 100 it/s from its first evaluation: 1 s of training, which fits the
     # 3-s deadline on its own but not with the 600 s that evaluations take here
     _metrics(tmp_path / "first", [{"step": 2400, "it_per_s": 100.0}], written_at=now)
@@ -643,27 +638,23 @@ def test_a_first_evaluation_is_projected_to_take_as_long_as_another_runs(tmp_pat
         return out
 
     said: list[str] = []
-    ntg_pipeline.run_trainers(
-        configs(["measured", "first"]),
-        devices=["cpu"],
-        per_device=2,
-        time_limit=3.0,
-        launcher=lambda cfg, dev, log: Trainer(Path(cfg).stem),
-        progress=said.append,
-        deadline_is_final=True,
-    )
+
+    def run(names, time_limit):
+        ntg_pipeline.run_trainers(
+            configs(names),
+            devices=["cpu"],
+            per_device=len(names),
+            time_limit=time_limit,
+            launcher=lambda cfg, dev, log: Trainer(Path(cfg).stem),
+            progress=said.append,
+            deadline_is_final=True,
+        )
+
+    run(["measured", "first"], time_limit=3.0)
     assert signalled == {"measured", "first"}
     assert any("first: its next evaluation (step 2500)" in m and "evaluation 600 s" in m
                for m in said)  # fmt: skip
     # alone, with nothing measured, the projection stays a lower bound: it is left to run
     signalled.clear()
-    ntg_pipeline.run_trainers(
-        configs(["alone"]),
-        devices=["cpu"],
-        per_device=1,
-        time_limit=1.5,
-        launcher=lambda cfg, dev, log: Trainer(Path(cfg).stem),
-        progress=said.append,
-        deadline_is_final=True,
-    )
+    run(["alone"], time_limit=1.5)
     assert not any("alone: its next" in m for m in said)

@@ -757,21 +757,26 @@ def test_table_shows_a_diagnostic_beside_vanilla_but_never_as_the_best(tmp_path)
     assert conv["diag-adam099-vanilla-eps"]["steps_to_target"] == 2500
 
 
+def _bundle(path: Path, files: dict[str, bytes]) -> Path:
+    """A device bundle at ``path``: ``files`` under ``results/``, as device_session.sh packs them."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for rel, data in files.items():
+            info = tarfile.TarInfo(f"results/{rel}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
 def test_ingest_unpacks_a_sessions_bundles_in_order_and_never_overwrites_a_slice(tmp_path):
     """Each bundle is a snapshot of one session folder: the later one wins where both have a
     file, files only the earlier one kept survive (slice 8's first bundle held O1 matrices that
     were deleted on the machine later), empty logs and the finished-marker are left out."""
-    import io
-    import tarfile
 
     def bundle(name, files):
-        path = tmp_path / name
-        with tarfile.open(path, "w:gz") as tar:
-            for rel, data in files.items():
-                info = tarfile.TarInfo(f"results/{rel}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-        return path
+        return _bundle(tmp_path / name, files)
 
     first = bundle("session_1.tar.gz", {
         "phase1-vanilla-eps-s1.json": b'{"curve": []}',
@@ -809,17 +814,9 @@ def test_ingest_unpacks_a_sessions_bundles_in_order_and_never_overwrites_a_slice
 def test_ingest_host_logs_make_the_cost_table_count_other_instances_trainers(tmp_path):
     """The tenth session: three instances each called the host's card 0 ``cuda:0`` and put their
     trainers there. With the other instances' logs in host/, the count per card is the card's."""
-    import io
-    import tarfile
 
     def bundle(name, files):
-        path = tmp_path / name
-        with tarfile.open(path, "w:gz") as tar:
-            for rel, data in files.items():
-                info = tarfile.TarInfo(f"results/{rel}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-        return path
+        return _bundle(tmp_path / name, files)
 
     own = bundle("session_phase1a-002759.tar.gz", {
         "phase1-vanilla-hybrid-s0.json": b'{"curve": []}',
