@@ -319,6 +319,15 @@ def test_save_load_and_feed_the_affinity_clustering(tmp_path):
     back = TaskAffinity.load(tmp_path)
     np.testing.assert_array_equal(back.matrix, aff.matrix)
     assert back.bins == aff.bins
+    # the metadata file is recognised as such by path or string; other JSON and non-JSON are not
+    from antdiff.analysis.affinity import is_affinity_json
+
+    assert is_affinity_json(paths["metadata"]) and is_affinity_json(str(paths["metadata"]))
+    (tmp_path / "other.json").write_text('{"format": "antdiff.ntg/1"}')
+    (tmp_path / "list.json").write_text("[1, 2]")
+    assert not is_affinity_json(tmp_path / "other.json")
+    assert not is_affinity_json(tmp_path / "list.json")
+    assert not is_affinity_json(paths["matrix"]) and not is_affinity_json(tmp_path / "missing")
     cl = cluster_timesteps(SCHEDULE, k=5, cost="affinity", affinity=str(paths["matrix"]))
     assert cl.k == 5
     # Block-diagonal structure is recovered exactly: two blocks of 5 bins.

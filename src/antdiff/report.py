@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .analysis.affinity import TaskAffinity, _is_affinity_json
+from .analysis.affinity import TaskAffinity, is_affinity_json
 from .analysis.logs import TrainingLog, read_training_log
 from .analysis.ntg import NTGTable
 from .clustering import TaskClusters
@@ -77,7 +77,7 @@ def classify_inputs(paths: Sequence[str | Path]) -> ReportInputs:
         if p.is_file():
             if p.suffix == ".npy" and p.with_suffix(".json").exists():
                 p = p.with_suffix(".json")
-            if _is_affinity_json(p):
+            if is_affinity_json(p):
                 _unique(out.affinity, p.parent.name, p)
                 found = True
             elif _is_ntg_json(p):
@@ -90,7 +90,7 @@ def classify_inputs(paths: Sequence[str | Path]) -> ReportInputs:
             for sub in [p, *sorted(c for c in p.iterdir() if c.is_dir())]:
                 label = p.resolve().name if sub == p else f"{p.resolve().name}/{sub.name}"
                 for j in sorted(sub.glob("*.json")):
-                    if _is_affinity_json(j):
+                    if is_affinity_json(j):
                         _unique(out.affinity, label, j)
                         found = True
                     elif _is_ntg_json(j):

@@ -71,6 +71,7 @@ __all__ = [
     "TimestepBins",
     "affinity_metadata_path",
     "epsilon_mse_loss",
+    "is_affinity_json",
     "loss_fn_from_objective",
     "split_half_reliability",
     "task_affinity",
@@ -512,7 +513,7 @@ class TaskAffinity:
         p = Path(path)
         if p.is_dir():
             cands = sorted(p.glob("*.json"))
-            cands = [c for c in cands if _is_affinity_json(c)]
+            cands = [c for c in cands if is_affinity_json(c)]
             if not cands:
                 raise ValueError(f"no task-affinity metadata (.json) in {str(p)!r}")
             p = cands[0]
@@ -576,14 +577,17 @@ def affinity_metadata_path(path: str | Path) -> Path | None:
     ``.json`` or its ``.npy``; None when ``path`` is none of these (e.g. a run directory)."""
     p = Path(path)
     if p.is_dir():
-        return next((c for c in sorted(p.glob("*.json")) if _is_affinity_json(c)), None)
+        return next((c for c in sorted(p.glob("*.json")) if is_affinity_json(c)), None)
     if p.suffix == ".npy":
         p = p.with_suffix(".json")
-    return p if p.suffix == ".json" and p.is_file() and _is_affinity_json(p) else None
+    return p if p.suffix == ".json" and p.is_file() and is_affinity_json(p) else None
 
 
-def _is_affinity_json(p: Path) -> bool:
+def is_affinity_json(p: str | Path) -> bool:
+    """Whether ``p`` is the metadata file of an ``antdiff affinity`` output (its ``format`` is
+    ``antdiff.task_affinity/1``); False for any other file, unreadable or not JSON."""
     try:
+        p = Path(p)
         return json.loads(p.read_text()).get("format") == "antdiff.task_affinity/1"
     except (OSError, ValueError, AttributeError):
         return False
