@@ -33,6 +33,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -366,14 +367,11 @@ def longest_log(instances: list[Path]) -> Path:
     newer folder (slice 9's vanilla hybrid seed 0, 2,500 steps) does not cut a longer run's
     curve (slice 7's)."""
 
+    from antdiff.analysis.logs import read_training_log
+
     def last_step(run: Path) -> int:
-        last = 0
-        for line in (run / "metrics.jsonl").read_text().splitlines():
-            try:
-                last = max(last, int(json.loads(line).get("step", 0)))
-            except (ValueError, AttributeError):
-                continue
-        return last
+        steps = read_training_log(run).steps
+        return int(steps.max()) if steps.size else 0
 
     return max(instances, key=lambda r: (last_step(r), -instances.index(r)))
 
@@ -1421,6 +1419,23 @@ def environment(a: argparse.Namespace) -> list[Path]:
     return [path]
 
 
+def _bundle_results(bundle: Path) -> Iterator[tuple[Path, bytes]]:
+    """The non-empty files under a device bundle's ``results/``: (path below it, contents)."""
+    import tarfile
+
+    with tarfile.open(bundle) as tar:
+        for m in tar.getmembers():
+            rel = Path(m.name)
+            if not m.isfile() or m.size == 0 or rel.parts[:1] != ("results",):
+                continue
+            rel = Path(*rel.parts[1:])
+            if len(rel.parts) == 0 or ".." in rel.parts:
+                continue
+            src = tar.extractfile(m)
+            assert src is not None
+            yield rel, src.read()
+
+
 def ingest(a: argparse.Namespace) -> list[Path]:
     """Unpack device bundles (``session_*.tar.gz``, a ``results/`` folder each) into ``--into``,
     in the order given: each bundle is a snapshot of the same session folder, so a later one's
@@ -1428,11 +1443,10 @@ def ingest(a: argparse.Namespace) -> list[Path]:
     the machine) are kept. ``--host-logs`` names the last bundles of other instances whose
     trainers shared this instance's cards under the same card names: their device logs
     (``repro_*.log``) go to ``host/<tag>_<log>``, so the cost table counts those trainers too
-    (in the tenth session every instance's ``cuda:0`` was the host's card 0). Empty files (logs of work that never wrote) and the
-    ``slice.finished`` marker are left out. Refuses a ``--into`` that already holds files: a
-    committed slice folder is never overwritten. Returns the files written."""
-    import tarfile
-
+    (in the tenth session every instance's ``cuda:0`` was the host's card 0). Empty files (logs
+    of work that never wrote) and the ``slice.finished`` marker are left out. Refuses a
+    ``--into`` that already holds files: a committed slice folder is never overwritten. Returns
+    the files written."""
     into = Path(a.into)
     if into.exists() and any(p.is_file() for p in into.rglob("*")):
         raise SystemExit(
@@ -1440,43 +1454,30 @@ def ingest(a: argparse.Namespace) -> list[Path]:
             "written, is a record)"
         )
     bundles = [Path(b) for b in a.bundles]
-    host_bundles = [Path(b) for b in getattr(a, "host_logs", None) or []]
+    host_bundles = [Path(b) for b in a.host_logs]
     for b in bundles + host_bundles:
         if not b.is_file():
             raise SystemExit(f"bundle {b} does not exist")
     written: dict[Path, None] = {}
+
+    def write(target: Path, data: bytes) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        written[target] = None
+
     for b in bundles:
-        with tarfile.open(b) as tar:
-            for m in tar.getmembers():
-                rel = Path(m.name)
-                if not m.isfile() or rel.parts[:1] != ("results",) or len(rel.parts) < 2:
-                    continue
-                rel = Path(*rel.parts[1:])
-                if m.size == 0 or rel.name == "slice.finished" or ".." in rel.parts:
-                    continue
-                target = into / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                src = tar.extractfile(m)
-                assert src is not None
-                target.write_bytes(src.read())
-                written[target] = None
+        for rel, data in _bundle_results(b):
+            if rel.name != "slice.finished":
+                write(into / rel, data)
     if not written:
         raise SystemExit(f"no result files in {', '.join(map(str, bundles))}")
     # Trainers of other instances that shared this one's cards: their device logs go to host/,
     # named by their instance's tag, where trainers_per_card counts them.
     for b in host_bundles:
         tag = b.name.removeprefix("session_").split("-", 1)[0] or "host"
-        with tarfile.open(b) as tar:
-            for m in tar.getmembers():
-                rel = Path(m.name)
-                if m.isfile() and m.size and len(rel.parts) == 2 and rel.parts[0] == "results":
-                    if re.fullmatch(r"repro_[\w.-]*\.log", rel.name):
-                        target = into / "host" / f"{tag}_{rel.name}"
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        src = tar.extractfile(m)
-                        assert src is not None
-                        target.write_bytes(src.read())
-                        written[target] = None
+        for rel, data in _bundle_results(b):
+            if len(rel.parts) == 1 and re.fullmatch(r"repro_[\w.-]*\.log", rel.name):
+                write(into / "host" / f"{tag}_{rel.name}", data)
     return sorted(written)
 
 
