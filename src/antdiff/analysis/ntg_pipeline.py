@@ -177,6 +177,11 @@ def _latest_step(run: Path) -> int:
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+def _visible_entries(visible: str | None) -> list[str]:
+    """The entries of a ``CUDA_VISIBLE_DEVICES`` value (indices or UUIDs); [] when unset or empty."""
+    return [e.strip() for e in (visible or "").split(",") if e.strip()]
+
+
 def host_card_share(visible: str | None = None, host_cards: int | None = None) -> float:
     """The share of this host's GPUs that this process sees: ``len(CUDA_VISIBLE_DEVICES) /
     host_cards`` (default: the environment's variable and the cards the NVIDIA driver lists in
@@ -191,10 +196,8 @@ def host_card_share(visible: str | None = None, host_cards: int | None = None) -
             host_cards = len(os.listdir("/proc/driver/nvidia/gpus"))
         except OSError:  # no NVIDIA driver, or not Linux
             host_cards = 0
-    if visible is None or host_cards <= 0:
-        return 1.0
-    seen = len([e for e in visible.split(",") if e.strip()])
-    return min(1.0, seen / host_cards) if seen else 1.0
+    seen = len(_visible_entries(visible))
+    return min(1.0, seen / host_cards) if seen and host_cards > 0 else 1.0
 
 
 def trainer_threads(
@@ -230,9 +233,9 @@ def child_visible_devices(device: str, visible: str | None = None) -> str:
         raise ValueError(f"device {device!r}: expected cuda:<index>, e.g. cuda:0")
     if visible is None:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None or not visible.strip():
+    entries = _visible_entries(visible)
+    if not entries:
         return index
-    entries = [e.strip() for e in visible.split(",") if e.strip()]
     i = int(index)
     if i >= len(entries):
         raise ValueError(
