@@ -376,13 +376,18 @@ def longest_log(instances: list[Path]) -> Path:
     return max(instances, key=lambda r: (last_step(r), -instances.index(r)))
 
 
-def cluster_loss_ratios(runs: list[Path], window: int = 5) -> dict[str, dict[str, Any]]:
+def cluster_loss_ratios(
+    runs: list[Path], window: int = 5, left_out: dict[str, str] | None = None
+) -> dict[str, dict[str, Any]]:
     """Per-cluster training loss of every balanced run (ANT, no loss weighting) over that of the
     vanilla run with the same loss and seed, at their common log steps: both losses averaged
     over ``window`` consecutive log windows first (a rolling mean), then divided. Returns
     ``{run: {"vanilla": run, "steps": [...], "ratio": [[k values] per step], "last": [k]}}``,
     ``last`` being the ratio of the last ``window`` windows' means. Min-SNR and P2 runs log
-    their weighted losses and are left out (not comparable)."""
+    their weighted losses and are left out (not comparable). So is a run whose clusters are
+    other intervals than its vanilla's (SNR, log-SNR or affinity clusters against vanilla's
+    timestep ones): each log holds the loss of its *own* intervals, so cluster i of the two
+    would be other timesteps; ``left_out`` (if given) gets ``{run: reason}`` for those."""
     from antdiff.analysis.logs import read_training_log
 
     logs = {}
@@ -403,6 +408,13 @@ def cluster_loss_ratios(runs: list[Path], window: int = 5) -> dict[str, dict[str
         if partner not in logs or logs[partner][0].balancer_name not in (None, "vanilla"):
             continue
         ref = logs[partner][0]
+        if log.clusters is not None and ref.clusters is not None and log.clusters != ref.clusters:
+            if left_out is not None:
+                left_out[name] = (
+                    f"clusters {_intervals_text(log.clusters)} are not {partner}'s "
+                    f"{_intervals_text(ref.clusters)}"
+                )
+            continue
         common, ia, ib = np.intersect1d(log.steps, ref.steps, return_indices=True)
         if common.size < window:
             continue
@@ -419,6 +431,10 @@ def cluster_loss_ratios(runs: list[Path], window: int = 5) -> dict[str, dict[str
             "last": ratio[-1].tolist(),
         }
     return out
+
+
+def _intervals_text(clusters: Any) -> str:
+    return ", ".join(f"[{a}, {b}]" for a, b in clusters.intervals)
 
 
 def optimizer_view(
@@ -1324,8 +1340,9 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
         for r in sorted(Path(f).glob("runs/*/metrics.jsonl")):
             instances.setdefault(r.parent.name, []).append(r.parent)
     runs = sorted(longest_log(i) for i in instances.values())
-    ratios = cluster_loss_ratios(runs) if runs else {}
-    if ratios:
+    ratios_left_out: dict[str, str] = {}
+    ratios = cluster_loss_ratios(runs, left_out=ratios_left_out) if runs else {}
+    if ratios or ratios_left_out:
         lines += [
             "",
             "### Training loss per cluster against vanilla (same loss and seed)",
@@ -1338,6 +1355,16 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                     [r, v["vanilla"], str(v["steps"][-1]), ", ".join(f"{x:.2f}" for x in v["last"])]
                     for r, v in ratios.items()
                 ],
+            ),
+            *(
+                [
+                    "",
+                    "Left out (each log holds the losses of its own clusters, so cluster i would "
+                    "be other timesteps): "
+                    + "; ".join(f"{r}: {why}" for r, why in sorted(ratios_left_out.items())),
+                ]
+                if ratios_left_out
+                else []
             ),
         ]
     # the early-training view pairs a log with the FID at the window's end (2500): of a name's
@@ -1360,6 +1387,7 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                 "cells": table,
                 "convergence": conv,
                 "cluster_loss_ratio": ratios,
+                "cluster_loss_ratio_left_out": ratios_left_out,
                 "optimizer": view,
                 "repeats": repeats,
                 "ntg": ntg,

@@ -400,9 +400,12 @@ def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and
 
     repro_cifar = _driver_module()
 
-    def run(name, balancer, seed, learned, weighting, losses):
+    from antdiff.clustering import TaskClusters
+
+    def run(name, balancer, seed, learned, weighting, losses, intervals=((0, 499), (500, 999))):
         d = tmp_path / "slice" / "runs" / name
         d.mkdir(parents=True)
+        TaskClusters(intervals, 1000).to_json(d / "clusters.json")
         cfg = {
             "run": {"seed": seed},
             "ant": {"enabled": balancer is not None, "balancer": balancer or "uw", "k": 2},
@@ -426,9 +429,16 @@ def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and
         run("uw-eps-s0", "uw", 0, False, "none", [[1.0, 0.1]] * 2 + [[1.2, 0.05]] * 4),
         run("minsnr-eps-s0", None, 0, False, "min_snr", [[9.0, 9.0]] * 6),  # weighted: left out
         run("uw-eps-s2", "uw", 2, False, "none", van),  # no vanilla of seed 2: left out
+        # SNR clusters: its cluster 0 is t = 0..4, vanilla's 0..499 — other timesteps
+        run("snr-uw-eps-s1", "uw", 1, False, "none", [[9.0, 0.1]] * 6, ((0, 4), (5, 999))),
     ]
-    got = repro_cifar.cluster_loss_ratios(runs, window=2)
+    left_out = {}
+    got = repro_cifar.cluster_loss_ratios(runs, window=2, left_out=left_out)
     assert set(got) == {"uw-eps-s0"}
+    assert left_out == {
+        "snr-uw-eps-s1": "clusters [0, 4], [5, 999] are not vanilla-eps-s1's [0, 499], [500, 999]"
+    }
+    assert repro_cifar.cluster_loss_ratios(runs, window=2).keys() == got.keys()
     r = got["uw-eps-s0"]
     assert r["vanilla"] == "vanilla-eps-s0"  # same loss and seed, not the hybrid or seed 1
     assert r["steps"] == [200, 300, 400, 500, 600]
@@ -453,7 +463,12 @@ def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| uw-eps-s0 | vanilla-eps-s0 | 600 | 1.16, 0.60 |" in (out / "table.md").read_text()
+    text = (out / "table.md").read_text()
+    assert "| uw-eps-s0 | vanilla-eps-s0 | 600 | 1.16, 0.60 |" in text
+    assert "| snr-uw-eps-s1 |" not in text
+    assert "snr-uw-eps-s1: clusters [0, 4], [5, 999] are not vanilla-eps-s1's" in text
+    saved = json.loads((out / "table.json").read_text())
+    assert set(saved["cluster_loss_ratio_left_out"]) == {"snr-uw-eps-s1"}
     assert (out / "cluster_loss_ratio.png").stat().st_size > 1000
 
 
