@@ -20,6 +20,8 @@ seconds (it checks that every configuration runs; its ratios mean nothing).
 
     python benchmarks/step_cost.py                # GPU, ~3-5 min on one H100
     python benchmarks/step_cost.py --smoke        # CPU, seconds
+    python benchmarks/step_cost.py --models unet --configs vanilla,pcgrad[vmap] --sdpa flash,efficient,math
+                                                  # attention kernels limited (default: PyTorch's)
 
 Writes a JSON file (``--out``) and prints a Markdown table, then the targets of issue 3 with the
 measured values.
@@ -28,6 +30,7 @@ measured values.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -444,6 +447,36 @@ def targets(results: list[Measurement]) -> str:
     return "\n".join(out)
 
 
+SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
+
+
+def sdpa_backends(spec: str) -> list[Any]:
+    """``"flash,efficient,math"`` → the ``torch.nn.attention.SDPBackend`` members, for
+    ``sdpa_kernel``; an unknown name is an error that lists the known ones."""
+    from torch.nn.attention import SDPBackend
+
+    members = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in members]
+    if unknown or not names:
+        raise ValueError(
+            f"--sdpa {spec!r}: unknown backend(s) {unknown or '(none given)'}; "
+            f"use a comma-separated list of {', '.join(SDPA_BACKENDS)}"
+        )
+    return [members[n] for n in names]
+
+
+def sdpa_kernel(backends: list[Any]) -> Any:
+    from torch.nn.attention import sdpa_kernel as kernel
+
+    return kernel(backends)
+
+
 def main(argv: list[str] | None = None) -> int:
     global ARGS
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -466,9 +499,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--distinct-batches", type=int, default=4)
     p.add_argument(
+        "--sdpa",
+        default=None,
+        help="attention backends allowed for every configuration, comma-separated from "
+        f"{', '.join(SDPA_BACKENDS)} (e.g. flash,efficient,math: no cuDNN, whose backward has no "
+        "vmap batching rule); default: PyTorch's choice",
+    )
+    p.add_argument(
         "--out", default=None, help="JSON file (default benchmarks/results/step_cost_<device>.json)"
     )
     args = p.parse_args(argv)
+    try:
+        attention_backends = sdpa_backends(args.sdpa) if args.sdpa else None
+    except ValueError as e:
+        p.error(str(e))
     args.device = args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     args.batch = args.batch or (10 if args.smoke else 128)
     args.steps = args.steps or (3 if args.smoke else 30)
@@ -501,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[Measurement] = []
     started = time.perf_counter()
+    attention = contextlib.ExitStack()  # the --sdpa choice, for every configuration
+    if attention_backends:
+        attention.enter_context(sdpa_kernel(attention_backends))
     for model_name in args.models.split(","):
         if model_name not in MODELS:
             p.error(f"unknown model {model_name!r}; choose from {', '.join(MODELS)}")
@@ -516,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         results += rows
+    attention.close()
 
     table = markdown(results, device_name)
     report = {
