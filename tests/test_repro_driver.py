@@ -73,6 +73,13 @@ def test_grid_lists_the_protocol():
         check=True,
     ).stdout
     assert "logsnr-pcgrad-eps-s1" in out2 and "timestep-uw+p2-eps-s0" in out2
+    # Phase 2's diagnostic: ANT-UW with SNR clusters and t ~ U instead of B/k per cluster
+    by_name2 = {line.split()[0]: line.split()[1:] for line in out2.splitlines()}
+    diag2 = sorted(n for n in by_name2 if n.startswith("diag-"))
+    assert diag2 == ["diag-tuniform-snr-uw-eps-s0"]
+    preset, *sets = by_name2["diag-tuniform-snr-uw-eps-s0"]
+    assert preset == by_name2["snr-uw-eps-s0"][0]
+    assert sorted(sets) == sorted(["ant.sampling=uniform", *by_name2["snr-uw-eps-s0"][1:]])
     # protocol change 7: every Nash/PCGrad run, and only those, uses the engine's vmap mode
     rows = [line.split() for line in [*out, *out2.splitlines()]]
     for row in rows:
