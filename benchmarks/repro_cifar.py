@@ -403,10 +403,13 @@ def cluster_loss_ratios(
     over ``window`` consecutive log windows first (a rolling mean), then divided. Returns
     ``{run: {"vanilla": run, "steps": [...], "ratio": [[k values] per step], "last": [k]}}``,
     ``last`` being the ratio of the last ``window`` windows' means. Min-SNR and P2 runs log
-    their weighted losses and are left out (not comparable). So is a run whose clusters are
-    other intervals than its vanilla's (SNR, log-SNR or affinity clusters against vanilla's
-    timestep ones): each log holds the loss of its *own* intervals, so cluster i of the two
-    would be other timesteps; ``left_out`` (if given) gets ``{run: reason}`` for those."""
+    their weighted losses and are left out (not comparable). A run whose clusters are other
+    intervals than its vanilla's (SNR, log-SNR or affinity clusters against vanilla's timestep
+    ones) is compared on the fixed bins of t that both logs hold (``bin_losses``,
+    ``train.log_loss_bins``; ``"over": "bins"`` and the bins' ``"intervals"`` in its entry, else
+    ``"over": "clusters"``): each log's cluster losses are of its *own* intervals, so cluster i
+    of the two would be other timesteps. Without such bins the run is left out, and
+    ``left_out`` (if given) gets ``{run: reason}``."""
     from antdiff.analysis.logs import read_training_log
 
     logs = {}
@@ -427,13 +430,19 @@ def cluster_loss_ratios(
         if partner not in logs or logs[partner][0].balancer_name not in (None, "vanilla"):
             continue
         ref = logs[partner][0]
+        mine, theirs, over, bins = log.cluster_losses, ref.cluster_losses, "clusters", None
         if log.clusters is not None and ref.clusters is not None and log.clusters != ref.clusters:
-            if left_out is not None:
-                left_out[name] = (
-                    f"clusters {_intervals_text(log.clusters)} are not {partner}'s "
-                    f"{_intervals_text(ref.clusters)}"
-                )
-            continue
+            nb = log.bin_losses.shape[1]
+            if not nb or ref.bin_losses.shape[1] != nb:
+                if left_out is not None:
+                    left_out[name] = (
+                        f"clusters {_intervals_text(log.clusters)} are not {partner}'s "
+                        f"{_intervals_text(ref.clusters)}, and the logs hold no common bins of t"
+                    )
+                continue
+            mine, theirs, over = log.bin_losses, ref.bin_losses, "bins"
+            T = log.clusters.num_timesteps
+            bins = [[b * T // nb, (b + 1) * T // nb - 1] for b in range(nb)]
         common, ia, ib = np.intersect1d(log.steps, ref.steps, return_indices=True)
         if common.size < window:
             continue
@@ -442,9 +451,11 @@ def cluster_loss_ratios(
             c = np.cumsum(np.vstack([np.zeros((1, x.shape[1])), x]), axis=0)
             return (c[window:] - c[:-window]) / window
 
-        ratio = rolling(log.cluster_losses[ia]) / rolling(ref.cluster_losses[ib])
+        ratio = rolling(mine[ia]) / rolling(theirs[ib])
         out[name] = {
             "vanilla": partner,
+            "over": over,
+            **({"intervals": bins} if bins is not None else {}),
             "steps": common[window - 1 :].tolist(),
             "ratio": ratio.tolist(),
             "last": ratio[-1].tolist(),
@@ -1101,7 +1112,8 @@ def _plot_cluster_loss_ratios(ratios: dict[str, dict[str, Any]], path: Path) -> 
             style = "-" if r.endswith("-s0") else "--"
             for i in range(ratio.shape[1]):
                 color = plt.get_cmap("viridis")(i / max(1, ratio.shape[1] - 1))
-                label = f"cluster {i}" if style == "-" else None
+                unit = "cluster" if v.get("over", "clusters") == "clusters" else "t-bin"
+                label = f"{unit} {i}" if style == "-" else None
                 ax.plot(v["steps"], ratio[:, i], style, color=color, lw=1.1, label=label)
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set_title(f"{cell} / vanilla (dashed: seed ≥ 1)", fontsize=9)
@@ -1366,20 +1378,28 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
             "",
             "### Training loss per cluster against vanilla (same loss and seed)",
             "",
-            "Ratio of the mean per-sample loss over the last five log windows, clean → noisy:",
+            "Ratio of the mean per-sample loss over the last five log windows, clean → noisy, "
+            "per cluster where the run's clusters are vanilla's, else per fixed bin of t "
+            "(`bin_losses`, equal bins of [0, T)):",
             "",
             *_md_table(
-                ["run", "vanilla", "last step", "ratio per cluster"],
+                ["run", "vanilla", "last step", "over", "ratio (clean → noisy)"],
                 [
-                    [r, v["vanilla"], str(v["steps"][-1]), ", ".join(f"{x:.2f}" for x in v["last"])]
+                    [
+                        r,
+                        v["vanilla"],
+                        str(v["steps"][-1]),
+                        "clusters" if v["over"] == "clusters" else f"{len(v['last'])} bins of t",
+                        ", ".join(f"{x:.2f}" for x in v["last"]),
+                    ]
                     for r, v in ratios.items()
                 ],
-            ),
+            ),  # fmt: skip
             *(
                 [
                     "",
                     "Left out (each log holds the losses of its own clusters, so cluster i would "
-                    "be other timesteps): "
+                    "be other timesteps, and there are no common bins of t): "
                     + "; ".join(f"{r}: {why}" for r, why in sorted(ratios_left_out.items())),
                 ]
                 if ratios_left_out

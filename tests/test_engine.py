@@ -68,12 +68,15 @@ def tiny_dit() -> nn.Module:
 MODELS = {"unet": (tiny_unet, 3), "dit": (tiny_dit, 4)}
 
 
-def make_problem(kind: str, counts=(3, 0, 2, 4), seed: int = 1, device="cpu"):
+def make_problem(kind: str, counts=(3, 0, 2, 4), seed: int = 1, device="cpu", shuffle=False):
     """A batch with uneven and absent clusters, and per-cluster targets of alternating sign so that
-    the cluster gradients conflict (otherwise PCGrad/UPGrad reduce to the mean)."""
+    the cluster gradients conflict (otherwise PCGrad/UPGrad reduce to the mean). ``shuffle``:
+    the clusters' samples interleaved in the batch instead of one block per cluster."""
     k = len(counts)
     ids = torch.repeat_interleave(torch.arange(k), torch.tensor(counts))
     g = torch.Generator().manual_seed(seed)
+    if shuffle:
+        ids = ids[torch.randperm(len(ids), generator=g)]
     t = (ids * (1000 // k) + torch.randint(0, 1000 // k, ids.shape, generator=g)).long()
     batch = TimestepBatch(t, ids, torch.tensor(counts), k).to(device)
     channels = MODELS[kind][1]
@@ -141,6 +144,34 @@ def test_all_modes_give_the_same_update(kind, method):
         assert torch.allclose(r.weights, r_ref.weights, rtol=1e-4, atol=1e-7)
         assert torch.allclose(r.cluster_losses, r_ref.cluster_losses, rtol=1e-5)
     assert r_ref.counts.tolist() == [3, 0, 2, 4]
+
+
+@pytest.mark.parametrize(
+    ("method", "mode"),
+    [("uw", "auto"), ("pcgrad", "split"), ("pcgrad", "vmap"), ("pcgrad", "retain_graph"),
+     ("pcgrad", "gramian")],
+)  # fmt: skip
+def test_sample_losses_are_the_per_sample_losses_in_batch_order(method, mode):
+    model = tiny_unet()
+    batch, closure_for = make_problem("unet", shuffle=True)
+    assert batch.cluster_ids.tolist() != sorted(batch.cluster_ids.tolist())  # interleaved
+    compute_losses = closure_for(model)
+    with torch.no_grad():
+        expected = compute_losses(torch.arange(batch.batch_size)).float()
+    result = ClusterGradientEngine(model, make_balancer(method, K), mode=mode).step(
+        compute_losses, batch
+    )
+    assert result.mode == ("loss" if method == "uw" else mode)
+    got = result.sample_losses
+    assert got is not None and got.dtype == torch.float32 and not got.requires_grad
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # the cluster losses are these samples' means per cluster
+    ids = batch.cluster_ids
+    for i in range(K):
+        if int(batch.counts[i]):
+            torch.testing.assert_close(
+                result.cluster_losses[i].float(), got[ids == i].mean(), rtol=1e-5, atol=1e-6
+            )
 
 
 @pytest.mark.parametrize("mode", ["split", "vmap", "retain_graph", "gramian"])

@@ -409,7 +409,16 @@ def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and
 
     from antdiff.clustering import TaskClusters
 
-    def run(name, balancer, seed, learned, weighting, losses, intervals=((0, 499), (500, 999))):
+    def run(
+        name,
+        balancer,
+        seed,
+        learned,
+        weighting,
+        losses,
+        intervals=((0, 499), (500, 999)),
+        bins=None,
+    ):
         d = tmp_path / "slice" / "runs" / name
         d.mkdir(parents=True)
         TaskClusters(intervals, 1000).to_json(d / "clusters.json")
@@ -422,6 +431,8 @@ def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and
         lines = [
             {"step": 100 * (i + 1), "loss": 1.0, "cluster_losses": c} for i, c in enumerate(losses)
         ]
+        for line, b in zip(lines, bins or []):  # train.log_loss_bins: fixed bins of t
+            line["bin_losses"] = b
         (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
         return d
 
@@ -431,6 +442,18 @@ def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and
         run("diag-adam099-vanilla-eps-s0", None, 0, False, "none", [[7.0, 0.7]] * 6),
         run("vanilla-eps-s0", None, 0, False, "none", van),
         run("vanilla-eps-s1", None, 1, False, "none", [[2.0, 0.2]] * 6),
+        # seed 3's pair logged 4 fixed bins of t: other clusters compare on those
+        run("vanilla-eps-s3", None, 3, False, "none", van, bins=[[1.0, 0.5, 0.2, 0.1]] * 6),
+        run(
+            "logsnr-uw-eps-s3",
+            "uw",
+            3,
+            False,
+            "none",
+            [[5.0, 0.1]] * 6,
+            ((0, 149), (150, 999)),
+            bins=[[2.0, 0.5, 0.1, 0.1]] * 6,
+        ),  # fmt: skip
         run("vanilla-hybrid-s0", None, 0, True, "none", [[4.0, 0.4]] * 6),
         # ANT-UW, ε-MSE, seed 0: cluster 0 rises from 1.0 to 1.2, cluster 1 halves
         run("uw-eps-s0", "uw", 0, False, "none", [[1.0, 0.1]] * 2 + [[1.2, 0.05]] * 4),
@@ -441,10 +464,16 @@ def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and
     ]
     left_out = {}
     got = repro_cifar.cluster_loss_ratios(runs, window=2, left_out=left_out)
-    assert set(got) == {"uw-eps-s0"}
+    assert set(got) == {"uw-eps-s0", "logsnr-uw-eps-s3"}
     assert left_out == {
         "snr-uw-eps-s1": "clusters [0, 4], [5, 999] are not vanilla-eps-s1's [0, 499], [500, 999]"
+        ", and the logs hold no common bins of t"
     }
+    assert got["uw-eps-s0"]["over"] == "clusters" and "intervals" not in got["uw-eps-s0"]
+    b = got["logsnr-uw-eps-s3"]
+    assert b["over"] == "bins" and b["vanilla"] == "vanilla-eps-s3"
+    assert b["intervals"] == [[0, 249], [250, 499], [500, 749], [750, 999]]
+    np.testing.assert_allclose(b["last"], [2.0, 1.0, 0.5, 1.0])
     assert repro_cifar.cluster_loss_ratios(runs, window=2).keys() == got.keys()
     r = got["uw-eps-s0"]
     assert r["vanilla"] == "vanilla-eps-s0"  # same loss and seed, not the hybrid or seed 1
@@ -471,7 +500,10 @@ def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = (out / "table.md").read_text()
-    assert "| uw-eps-s0 | vanilla-eps-s0 | 600 | 1.16, 0.60 |" in text
+    assert "| uw-eps-s0 | vanilla-eps-s0 | 600 | clusters | 1.16, 0.60 |" in text
+    assert (
+        "| logsnr-uw-eps-s3 | vanilla-eps-s3 | 600 | 4 bins of t | 2.00, 1.00, 0.50, 1.00 |" in text
+    )
     assert "| snr-uw-eps-s1 |" not in text
     assert "snr-uw-eps-s1: clusters [0, 4], [5, 999] are not vanilla-eps-s1's" in text
     saved = json.loads((out / "table.json").read_text())

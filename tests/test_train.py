@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 from antdiff.clustering import TaskClusters
@@ -157,6 +158,33 @@ def test_run_directory_layout_and_metrics(tmp_path: Path) -> None:
     before = res.checkpoint.read_bytes()
     again = train(tiny(run, "train.steps=4", "ant.k=4"), resume="auto", log=None)
     assert again.step == 4 and res.checkpoint.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "ant",
+    [[], ["ant.enabled=true", "ant.balancer=uw"],
+     ["ant.enabled=true", "ant.balancer=pcgrad", "ant.engine=vmap"]],
+    ids=["vanilla", "uw", "pcgrad-vmap"],
+)  # fmt: skip
+def test_bin_losses_are_fixed_bins_of_t_whatever_the_clusters(tmp_path: Path, ant) -> None:
+    # 5 bins of t over T = 1000 are exactly the 5 uniform timestep clusters: the same numbers
+    run = tmp_path / "same"
+    train(tiny(run, "train.steps=2", "ant.k=5", "train.log_loss_bins=5", *ant), log=None)
+    for r in MetricsLog.read(run / "metrics.jsonl"):
+        assert r["bin_counts"] == r["counts"] and sum(r["bin_counts"]) == 10
+        assert r["bin_losses"] == pytest.approx(r["cluster_losses"], rel=1e-6, nan_ok=True)
+    # other bins than the clusters: counts add up, the pooled mean is the loss
+    run = tmp_path / "other"
+    train(tiny(run, "train.steps=2", "ant.k=5", "train.log_loss_bins=8", *ant), log=None)
+    for r in MetricsLog.read(run / "metrics.jsonl"):
+        n, means = np.array(r["bin_counts"]), np.array(r["bin_losses"], dtype=float)
+        assert len(n) == len(means) == 8 and n.sum() == 10
+        assert np.isnan(means[n == 0]).all()
+        assert float((n * np.nan_to_num(means)).sum() / n.sum()) == pytest.approx(r["loss"])
+    # switched off: no such fields
+    run = tmp_path / "off"
+    train(tiny(run, "train.steps=1", "ant.k=5", "train.log_loss_bins=0", *ant), log=None)
+    assert not {"bin_losses", "bin_counts"} & MetricsLog.read(run / "metrics.jsonl")[0].keys()
 
 
 def test_refuses_to_clobber_or_resume_an_incompatible_run(tmp_path: Path) -> None:

@@ -78,6 +78,9 @@ class TrainingLog:
     skipped_lines: int = 0
     clusters: TaskClusters | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    # mean loss in the run's fixed bins of t (`train.log_loss_bins`), one row per training line;
+    # zero columns for runs logged before it existed
+    bin_losses: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     @property
     def k(self) -> int:
@@ -357,8 +360,10 @@ def read_training_log(run_or_file: str | Path) -> TrainingLog:
             ]
         )
 
-    def mat(key: str) -> np.ndarray:
-        return np.stack([_vec(r.get(key), k) for r in train]) if train else np.zeros((0, k))
+    def mat(key: str, width: int = k) -> np.ndarray:
+        return np.stack([_vec(r.get(key), width) for r in train]) if train else np.zeros((0, width))
+
+    nbins = max((len(r.get("bin_losses") or []) for r in train), default=0)
 
     return TrainingLog(
         path=f,
@@ -376,6 +381,7 @@ def read_training_log(run_or_file: str | Path) -> TrainingLog:
         skipped_lines=skipped,
         clusters=clusters,
         config=config if isinstance(config, dict) else {},
+        bin_losses=mat("bin_losses", nbins),
     )
 
 

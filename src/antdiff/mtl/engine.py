@@ -67,6 +67,8 @@ class StepResult:
     effective coefficient of ``∇L_i`` in the update, ``grad_norm`` the norm of the (unscaled)
     update before clipping when it was computed (gradient steps, or when clipping), ``skipped``
     is True when the gradients were not finite and the step was left for the GradScaler to skip.
+    ``sample_losses`` holds this process's per-sample losses ℓ_b in batch order (float32; None
+    after a skipped step), for statistics over any other grouping of t than the clusters.
     """
 
     loss: Tensor
@@ -78,6 +80,7 @@ class StepResult:
     skipped: bool
     mode: str
     record: dict[str, Any] | None = None
+    sample_losses: Tensor | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -296,6 +299,7 @@ class ClusterGradientEngine:
             skipped=False,
             mode="loss",
             record=bal.record() if record else None,
+            sample_losses=per.detach().float(),
         )
 
     # ------------------------------------------------------------------ split / retain_graph
@@ -336,10 +340,11 @@ class ClusterGradientEngine:
         ids = batch.cluster_ids
         touched = [False] * len(params)
         stash = [p.grad for p in params]
+        sample = torch.zeros(batch.batch_size, device=ids.device)  # ℓ_b in batch order
         try:
             with self._no_sync(), self._track_touched(params, touched):
                 if mode == "vmap":
-                    self._vmap_fill(compute_losses, batch, params, gb, counts)
+                    self._vmap_fill(compute_losses, batch, params, gb, counts, sample)
                     touched[:] = [True] * len(params)
                 elif mode == "split":
                     order = torch.argsort(ids, stable=True)
@@ -351,7 +356,9 @@ class ClusterGradientEngine:
                         index = order[start : start + n]
                         start += n
                         gb.bind(params, i)
-                        s = self._call(compute_losses, index).float().sum()
+                        per_i = self._call(compute_losses, index).float()
+                        sample.index_copy_(0, index, per_i.detach().to(sample.device))
+                        s = per_i.sum()
                         buf[i, size] = s.detach()
                         buf[i, size + 1] = n
                         self._backward(s)
@@ -359,6 +366,7 @@ class ClusterGradientEngine:
                 else:
                     index = torch.arange(batch.batch_size, device=ids.device)
                     per = self._call(compute_losses, index).float()
+                    sample = per.detach().to(sample.device)
                     sums = per.new_zeros(k).index_add(0, ids.to(per.device), per)
                     present_local = [i for i in range(k) if counts[i] > 0]
                     for j, i in enumerate(present_local):
@@ -414,6 +422,7 @@ class ClusterGradientEngine:
             skipped=False,
             mode=mode,
             record=bal.record() if record else None,
+            sample_losses=sample,
         )
 
     def _vmap_fill(
@@ -423,12 +432,14 @@ class ClusterGradientEngine:
         params: list[nn.Parameter],
         gb: _GradBuffer,
         counts: list[int],
+        sample: Tensor,
     ) -> None:
         """All cluster gradients in one batched pass: ``vmap`` over the present clusters of
         ``grad`` of the cluster's loss sum, the parameters substituted into the module for the
         duration of the closure. Sub-batches are padded to the largest with copies of their first
         sample at weight 0. Same FLOPs as ``split`` (plus padding) but one set of kernel launches
-        instead of k, which is what counts when the step is bound by launch overhead."""
+        instead of k, which is what counts when the step is bound by launch overhead. The
+        per-sample losses go to ``sample`` (batch order; the padding left out)."""
         from torch.nn.utils.stateless import _reparametrize_module  # what functional_call uses
 
         names = {id(p): n for n, p in self.module.named_parameters()}
@@ -457,12 +468,20 @@ class ClusterGradientEngine:
                     f"[{idx.shape[0]}]; got {tuple(losses.shape)}"
                 )
             total = (losses.float() * w).sum()
-            return total * scale, total.detach()
+            return total * scale, (total.detach(), losses.detach().float())
 
         detached = {n: p.detach() for n, p in zip(keys, params)}
-        grads, sums = torch.func.vmap(
+        grads, (sums, per) = torch.func.vmap(
             torch.func.grad(cluster_sum, has_aux=True), in_dims=(None, 0, 0), randomness="different"
         )(detached, index, weight)
+        # the real (unpadded) entries, chosen on the host from the counts: no synchronisation
+        valid = to_device(
+            torch.cat([r * width + torch.arange(counts[i]) for r, i in enumerate(present)]),
+            index.device,
+        )
+        sample.index_copy_(
+            0, index.reshape(-1)[valid].to(sample.device), per.reshape(-1)[valid].to(sample.device)
+        )
         rows = to_device(torch.tensor(present), gb.data.device)
         flat = torch.cat([_flatten_like(grads[n], p).float() for n, p in zip(keys, params)], dim=1)
         gb.data[rows, : gb.size] = flat
@@ -571,6 +590,7 @@ class ClusterGradientEngine:
             skipped=False,
             mode="gramian",
             record=bal.record() if record else None,
+            sample_losses=per.detach().float(),
         )
 
 

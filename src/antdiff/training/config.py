@@ -219,6 +219,11 @@ class TrainConfig:
     channels_last: bool = _f(False, "Use the channels-last memory format (UNets on GPU).")
     tf32: bool = _f(True, "Allow TF32 matmuls/convolutions on Ampere+ GPUs.")
     log_every: int = _f(50, "Write metrics.jsonl / TensorBoard every N steps.")
+    log_loss_bins: int = _f(
+        10,
+        "Also log the mean loss in N equal bins of t over [0, T) (`bin_losses`), whatever the "
+        "clusters: runs with different clusterings compare on the same timesteps. 0 = off.",
+    )
     ckpt_every: int = _f(5000, "Write a checkpoint every N steps (and always at the end).")
     keep_last: int = _f(3, "Keep the last N checkpoints (older ones are deleted).")
     sample_every: int = _f(0, "Write an EMA sample grid every N steps (0 = only at the end).")
@@ -385,6 +390,11 @@ class Config:
                 "train.eval_ref",
                 "train.eval_every > 0 needs reference statistics (.npz, antdiff eval-ref ...)",
             )
+        if t.log_loss_bins < 0 or t.log_loss_bins > d.num_timesteps:
+            raise ConfigError(
+                "train.log_loss_bins",
+                f"must be in [0, diffusion.num_timesteps={d.num_timesteps}], got {t.log_loss_bins}",
+            )
         if t.eval_every and t.eval_n < 2:
             raise ConfigError("train.eval_n", f"must be >= 2, got {t.eval_n}")
         for m in t.eval_metrics:
@@ -408,6 +418,7 @@ RESUME_SAFE_KEYS: tuple[str, ...] = (
     "train.channels_last",
     "train.tf32",
     "train.log_every",
+    "train.log_loss_bins",
     "train.ckpt_every",
     "train.keep_last",
     "train.sample_every",

@@ -58,33 +58,54 @@ class WindowStats:
     """Pools the per-cluster loss sums and sample counts of the steps between two log lines.
 
     ``loss`` is the pooled per-sample mean Σℓ/Σn (comparable across vanilla and every balancer)
-    and ``cluster_losses[i]`` the pooled mean over the window's samples of cluster i.
+    and ``cluster_losses[i]`` the pooled mean over the window's samples of cluster i. With
+    ``bins`` > 0 the same for ``bins`` equal bins of t (``bin_losses``, ``bin_counts``): fixed
+    for every run, so runs with other clusterings compare on the same timesteps.
     """
 
-    def __init__(self, k: int) -> None:
+    def __init__(self, k: int, bins: int = 0) -> None:
         self.k = k
+        self.bins = bins
         self.reset()
 
     def reset(self) -> None:
         self.steps = 0
         self.sums = np.zeros(self.k)
         self.counts = np.zeros(self.k)
+        self.bin_sums = np.zeros(self.bins)
+        self.bin_counts = np.zeros(self.bins)
 
-    def add(self, cluster_sums: Sequence[float], cluster_counts: Sequence[float]) -> None:
+    def add(
+        self,
+        cluster_sums: Sequence[float],
+        cluster_counts: Sequence[float],
+        bin_sums: Sequence[float] | None = None,
+        bin_counts: Sequence[float] | None = None,
+    ) -> None:
         self.steps += 1
         self.sums += np.asarray(cluster_sums, dtype=np.float64)
         self.counts += np.asarray(cluster_counts, dtype=np.float64)
+        if self.bins and bin_sums is not None and bin_counts is not None:
+            self.bin_sums += np.asarray(bin_sums, dtype=np.float64)
+            self.bin_counts += np.asarray(bin_counts, dtype=np.float64)
+
+    @staticmethod
+    def _means(sums: np.ndarray, counts: np.ndarray) -> list[float]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).tolist()
 
     def summary(self) -> dict[str, Any]:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cl = np.where(self.counts > 0, self.sums / np.maximum(self.counts, 1), np.nan)
         total = self.counts.sum()
-        return {
+        out: dict[str, Any] = {
             "window": self.steps,
             "loss": float(self.sums.sum() / total) if total > 0 else float("nan"),
-            "cluster_losses": cl.tolist(),
+            "cluster_losses": self._means(self.sums, self.counts),
             "counts": [int(round(c)) for c in self.counts],
         }
+        if self.bins and self.bin_counts.sum() > 0:
+            out["bin_losses"] = self._means(self.bin_sums, self.bin_counts)
+            out["bin_counts"] = [int(round(c)) for c in self.bin_counts]
+        return out
 
 
 class MetricsLog:

@@ -455,7 +455,8 @@ def _train(
         return compute_losses
 
     # ------------------------------------------------------------ 7. the loop
-    window = WindowStats(k)
+    nbins = cfg.train.log_loss_bins  # bin_losses: fixed bins of t, the same for every run
+    window = WindowStats(k, bins=nbins)
     t_start = time.perf_counter()
     t_window, hook_time = t_start, 0.0
     interrupted = False
@@ -495,6 +496,10 @@ def _train(
             else:
                 t_all = torch.randint(first, last + 1, (B,), generator=gens["timesteps"])
                 tb_batch = TimestepBatch.from_timesteps(t_all[mine], clusters)
+            if nbins:  # per-bin counts from the host copy of t: no device synchronisation
+                bin_cnt = torch.bincount(
+                    tb_batch.timesteps.cpu() * nbins // objective.num_timesteps, minlength=nbins
+                ).float()
             # timesteps and cluster ids on the device, the per-cluster counts stay on the host
             # (reading them there costs no device synchronisation)
             tb_batch = TimestepBatch(
@@ -532,6 +537,7 @@ def _train(
                 # the engine's cluster statistics are already global: pre-divide for the sum below
                 cl_sum = res.cluster_losses * res.counts / world
                 cl_cnt = res.counts.float() / world
+                sample_losses = res.sample_losses
                 weights, record, gn = res.weights, res.record, res.grad_norm
                 if scaler is not None:
                     scaler.unscale_(optimizer)
@@ -549,7 +555,19 @@ def _train(
                 ids = tb_batch.cluster_ids
                 cl_sum = torch.zeros(k, device=device).index_add(0, ids, per.detach().float())
                 cl_cnt = tb_batch.counts.float()  # host-side: no synchronisation
+                sample_losses = per.detach().float()
                 weights, record = None, None
+            bin_stats: list[torch.Tensor] = []
+            if nbins:  # this process's samples; the all-reduce below sums the processes
+                if sample_losses is None:  # a skipped step: no losses, no counts
+                    bin_sum, bin_n = torch.zeros(nbins, device=device), torch.zeros(nbins)
+                else:
+                    bins_t = t * nbins // objective.num_timesteps
+                    bin_sum = torch.zeros(nbins, device=device).index_add(
+                        0, bins_t, sample_losses.to(device)
+                    )
+                    bin_n = bin_cnt
+                bin_stats = [bin_sum, to_device(bin_n, device)]
 
             # (d) statistics of the step (one small all-reduce), the update, then the step's one
             # host sync: the update is queued first so the device never waits for the host check
@@ -561,6 +579,7 @@ def _train(
                     to_device(cl_cnt, device),
                     gn.float().reshape(1).to(device) / world,
                     to_device(torch.tensor([float(stop.requested)]), device),
+                    *bin_stats,
                 ]
             )
             if world > 1:
@@ -573,7 +592,10 @@ def _train(
             if (step + 1) % cfg.ema.update_every == 0:
                 ema.update_from(params, buffers)
             vals = stats.tolist()
-            sums, counts, grad_norm, stop_now = vals[:k], vals[k : 2 * k], vals[2 * k], vals[-1] > 0
+            sums, counts, grad_norm = vals[:k], vals[k : 2 * k], vals[2 * k]
+            stop_now = vals[2 * k + 1] > 0
+            bin_sums = vals[2 * k + 2 : 2 * k + 2 + nbins]
+            bin_counts = vals[2 * k + 2 + nbins :]
             bad = [i for i in range(k) if counts[i] > 0 and not math.isfinite(sums[i])]
             if bad or (scaler is None and not math.isfinite(grad_norm)):
                 # Nothing of this step is ever saved: the in-memory model is abandoned.
@@ -583,7 +605,7 @@ def _train(
             if engine is not None:
                 engine.after_optimizer_step(compute_losses, tb_batch)
             step += 1
-            window.add(sums, counts)
+            window.add(sums, counts, bin_sums, bin_counts)
             if pbar is not None:
                 total_n = sum(counts)
                 pbar.update(1)
