@@ -1398,8 +1398,8 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
             *(
                 [
                     "",
-                    "Left out (each log holds the losses of its own clusters, so cluster i would "
-                    "be other timesteps, and there are no common bins of t): "
+                    "Left out (the cluster losses of other intervals than vanilla's are not "
+                    "comparable cluster by cluster): "
                     + "; ".join(f"{r}: {why}" for r, why in sorted(ratios_left_out.items())),
                 ]
                 if ratios_left_out
