@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -14,12 +15,15 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_cost.py"
 
 
 def _module():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import step_cost
-    finally:
-        sys.path.pop(0)
-    return step_cost
+    """benchmarks/step_cost.py loaded from its file (benchmarks/ is no package)."""
+    if "step_cost" in sys.modules:
+        return sys.modules["step_cost"]
+    spec = importlib.util.spec_from_file_location("step_cost", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["step_cost"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_sdpa_backends_maps_names_in_order_and_names_the_known_ones_on_error():
