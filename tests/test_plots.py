@@ -27,9 +27,13 @@ def _is_png(path) -> bool:
     return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
 
 
-def write_run(root, balancer: str = "pcgrad", lines: int = 20, corrupt_tail: bool = True):
+def write_run(
+    root, balancer: str = "pcgrad", lines: int = 20, corrupt_tail: bool = True, bins: int = 4
+):
     """A run directory as the trainer writes it: config, clusters, metrics with balancer
-    records (UW log-variances, Nash α, PCGrad cosine matrices) and evaluation lines."""
+    records (UW log-variances, Nash α, PCGrad cosine matrices), losses in ``bins`` fixed bins of
+    t (``bin_losses``: 0.3/(b+1)/(n+1), the last bin empty on the first line) and evaluation
+    lines."""
     root.mkdir(parents=True, exist_ok=True)
     clusters = TaskClusters.uniform(T, K)
     (root / "clusters.json").write_text(clusters.to_json())
@@ -48,9 +52,17 @@ def write_run(root, balancer: str = "pcgrad", lines: int = 20, corrupt_tail: boo
             if n % 2 == 0:
                 cos[0, 2] = cos[2, 0] = -0.1
             rec = {"cosine": cos.tolist()}
+        binned = {}
+        if bins:
+            binned = {
+                "bin_losses": [0.3 / (b + 1) / (n + 1) for b in range(bins - 1)]
+                + [None if n == 0 else 0.3 / bins / (n + 1)],
+                "bin_counts": [32] * (bins - 1) + [0 if n == 0 else 32],
+            }
         out.append(
             json.dumps(
                 {
+                    **binned,
                     "step": step,
                     "loss": 0.1 / (n + 1),
                     "cluster_losses": [0.2 / (i + 1) / (n + 1) for i in range(K - 1)] + [None],
@@ -339,3 +351,23 @@ def test_save_figure_writes_a_palette_png_close_to_matplotlibs_own(tmp_path):
     assert out.stat().st_size < 0.6 * len(reference.getvalue())
     pdf = save_figure(fig, tmp_path / "plot.pdf")
     assert pdf.read_bytes().startswith(b"%PDF")
+
+
+def test_plot_bin_losses_refuses_what_it_cannot_compare(tmp_path):
+    from antdiff.analysis import read_training_log
+    from antdiff.plots import plot_bin_losses
+
+    a = read_training_log(write_run(tmp_path / "a", "uw", bins=4))
+    b = read_training_log(write_run(tmp_path / "b", "uw", bins=5))
+    none = read_training_log(write_run(tmp_path / "n", "uw", bins=0))
+    assert none.bin_loss_profile() is None and a.bin_loss_profile().shape == (4,)
+    with pytest.raises(ValueError, match="different numbers of bins"):
+        plot_bin_losses({"a": a, "b": b}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="no run logged losses per bin"):
+        plot_bin_losses({"n": none}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="reference run 'n' has no bin losses"):
+        plot_bin_losses({"a": a, "n": none}, tmp_path / "x.png", reference="n")
+    with pytest.raises(ValueError, match=r"last must be in \(0, 1\]"):
+        a.bin_loss_profile(last=0.0)
+    path = plot_bin_losses({"a": a, "n": none}, tmp_path / "ok.png", reference="a")
+    assert path.stat().st_size > 2000  # the run without bins is left out, not an error

@@ -56,6 +56,7 @@ def test_full_report(tmp_path):
         "## Runs",
         "## Task clusters",
         "## Per-cluster losses",
+        "## Loss per bin of t",
         "## Balancer weights",
         "## Gradient norm and Adam's step",
         "## Gradient conflicts",
@@ -84,6 +85,32 @@ def test_full_report(tmp_path):
     assert "| uw_run | – | 1 | 1 | 1.00 (50) | 1.00 | 1.00 |" in text
     # The runs table quotes the trainer's own "loss" key (the last window's mean per-sample loss).
     assert "| uw_run | ANT-uw | – | – | 1000 | 0.005 | 5 | 500 | 3 | 10 |" in text
+
+
+def test_bin_losses_section_compares_runs_of_any_clustering_with_vanilla(tmp_path):
+    import json
+
+    uw = write_run(tmp_path / "uw_run", "uw")
+    vanilla = write_run(tmp_path / "vanilla_run", "uw")
+    (vanilla / "config.yaml").write_text("ant:\n  enabled: false\n  k: 4\n")
+    # the vanilla run's losses are twice UW's in every bin
+    lines = [json.loads(x) for x in (vanilla / "metrics.jsonl").read_text().splitlines()[:-1]]
+    for r in lines:
+        if "bin_losses" in r:
+            r["bin_losses"] = [None if v is None else 2 * v for v in r["bin_losses"]]
+    (vanilla / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    old = write_run(tmp_path / "old_run", "uw", bins=0)  # logged before train.log_loss_bins
+    text = write_report([uw, vanilla, old], tmp_path / "r").read_text()
+    section = text.split("## Loss per bin of t", 1)[1].split("\n## ", 1)[0]
+    assert "right: ratio to vanilla_run" in section
+    assert (tmp_path / "r" / "figures" / "bin_losses.png").stat().st_size > 2000
+    # last 10% of 20 lines = lines 18 and 19 (n = 18, 19): bin 0 = mean(0.3/19, 0.3/20)
+    b0 = np.mean([0.3 / 19, 0.3 / 20])
+    assert f"| uw_run | {b0:.4g} |" in section and f"| vanilla_run | {2 * b0:.4g} |" in section
+    assert "| run | [0, 250) | [250, 500) | [500, 750) | [750, 1000) |" in section
+    assert "old_run" not in section  # no bins: not drawn, not invented
+    only_old = write_report([old], tmp_path / "r2").read_text()
+    assert "loss per bin of t (no run logged bin_losses)" in only_old.split("## Missing parts")[1]
 
 
 def test_missing_parts_are_stated(tmp_path):

@@ -33,6 +33,7 @@ __all__ = [
     "plot_affinity",
     "plot_affinity_vs_distance",
     "plot_balancer_weights",
+    "plot_bin_losses",
     "plot_cluster_losses",
     "plot_clusters",
     "plot_conflicts",
@@ -360,6 +361,62 @@ def plot_cluster_losses(log: TrainingLog, path: str | Path, title: str | None = 
     ax.set_ylabel("cluster loss L_i")
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(title or "per-cluster losses", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_bin_losses(
+    logs: Mapping[str, TrainingLog],
+    path: str | Path,
+    reference: str | None = None,
+    last: float = 0.1,
+    title: str | None = None,
+) -> Path:
+    """Each run's mean loss per fixed bin of t (``bin_losses``, the last ``last`` fraction of
+    its training lines) against the bin's centre t, log scale; with ``reference`` (a run among
+    ``logs``) a second panel of every other run's ratio to it. The bins are the same for every
+    clustering, so runs of other clusterings compare on the same timesteps."""
+    profiles = {
+        n: (lg, p) for n, lg in logs.items() if (p := lg.bin_loss_profile(last)) is not None
+    }
+    if not profiles:
+        raise ValueError("no run logged losses per bin of t (train.log_loss_bins)")
+    widths = {p.size for _, p in profiles.values()}
+    if len(widths) > 1:
+        raise ValueError(f"the runs logged different numbers of bins: {sorted(widths)}")
+    nb = widths.pop()
+    if reference is not None and reference not in profiles:
+        raise ValueError(f"reference run {reference!r} has no bin losses among the inputs")
+    T = next(
+        (lg.clusters.num_timesteps for lg, _ in profiles.values() if lg.clusters is not None), 1000
+    )
+    centres = (np.arange(nb) + 0.5) * T / nb
+    plt = pyplot()
+    panels = 2 if reference is not None and len(profiles) > 1 else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.0 * panels, 3.8), squeeze=False)
+    colours = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(profiles)}
+    for name, (_, prof) in profiles.items():
+        ok = np.isfinite(prof) & (prof > 0)
+        axes[0][0].plot(centres[ok], prof[ok], marker="o", ms=3, lw=1.2, color=colours[name],
+                        label=name)  # fmt: skip
+    axes[0][0].set_yscale("log")
+    axes[0][0].set_xlabel("t (bin centre)")
+    axes[0][0].set_ylabel("mean per-sample loss")
+    axes[0][0].legend(fontsize=7)
+    axes[0][0].set_title(title or f"loss per bin of t (last {last:.0%} of training)", fontsize=10)
+    if panels == 2:
+        assert reference is not None
+        ref = profiles[reference][1]
+        ax = axes[0][1]
+        for name, (_, prof) in profiles.items():
+            if name != reference:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    ax.plot(centres, prof / ref, marker="o", ms=3, lw=1.2, color=colours[name],
+                            label=name)  # fmt: skip
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xlabel("t (bin centre)")
+        ax.set_ylabel(f"loss / {reference}'s")
+        ax.legend(fontsize=7)
+        ax.set_title(f"ratio to {reference}", fontsize=10)
     return _save(fig, path)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,6 +295,48 @@ def _training_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
             i, v = _row_at(log.cluster_losses, frac)
             rows.append([int(log.steps[i]), *[float(x) for x in v]])
         w.p(_table(["step", *[f"L_{i}" for i in range(log.k)]], rows))
+
+
+def _bins_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
+    """Every run's loss per fixed bin of t, beside each other and as a ratio to a vanilla run:
+    the bins are the same whatever the clusters, so other clusterings compare here."""
+    from . import plots
+
+    with_bins = {n: lg for n, lg in logs.items() if lg.bin_loss_profile() is not None}
+    w.h(2, "Loss per bin of t")
+    if not with_bins:
+        w.p("*No run logged its loss per bin of t (`train.log_loss_bins`).*")
+        w.missing.append("loss per bin of t (no run logged bin_losses)")
+        return
+    nb = Counter(lg.bin_losses.shape[1] for lg in with_bins.values()).most_common(1)[0][0]
+    left = sorted(n for n, lg in with_bins.items() if lg.bin_losses.shape[1] != nb)
+    if left:
+        w.missing.append(f"loss per bin of t of {', '.join(left)} (other bin count than {nb})")
+    same = {n: lg for n, lg in with_bins.items() if lg.bin_losses.shape[1] == nb}
+    # the reference: a vanilla run (no balancer, no loss weighting) — its losses are unweighted
+    reference = next(
+        (
+            n
+            for n, lg in same.items()
+            if lg.balancer_name in (None, "vanilla")
+            and (lg.config.get("diffusion") or {}).get("weighting", "none") == "none"
+        ),
+        None,
+    )
+    w.figure(
+        lambda path: plots.plot_bin_losses(same, path, reference=reference),
+        "bin_losses",
+        "loss per bin of t (last 10% of training)"
+        + (f"; right: ratio to {reference}" if reference and len(same) > 1 else ""),
+    )
+    profiles = {n: lg.bin_loss_profile() for n, lg in same.items()}
+    rows = [[n, *[float(x) for x in p]] for n, p in profiles.items() if p is not None]
+    T = next((lg.clusters.num_timesteps for lg in same.values() if lg.clusters), 1000)
+    head = ["run", *[f"[{b * T // nb}, {(b + 1) * T // nb})" for b in range(nb)]]
+    w.p(
+        "Mean per-sample loss per bin of t over the last 10% of each run's training lines "
+        "(weighted runs — P2, Min-SNR — log their weighted losses):\n\n" + _table(head, rows)
+    )
 
 
 def _weights_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
@@ -581,6 +624,7 @@ def write_report(
         _run_overview(w, logs)
         _clusters_section(w, logs)
         _training_section(w, logs)
+        _bins_section(w, logs)
         _weights_section(w, logs)
         _optimizer_section(w, logs)
         _conflicts_section(w, logs)

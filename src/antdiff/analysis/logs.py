@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,21 @@ class TrainingLog:
 
     def __len__(self) -> int:
         return int(self.steps.size)
+
+    # ---------------------------------------------------------------- fixed bins of t
+    def bin_loss_profile(self, last: float = 0.1) -> np.ndarray | None:
+        """Mean loss per fixed bin of t (``bin_losses``) over the last ``last`` fraction of the
+        training lines (at least one), ignoring empty bins' NaN; ``None`` when the run logged no
+        bins (``train.log_loss_bins = 0`` or a run older than the option)."""
+        if not 0 < last <= 1:
+            raise ValueError(f"last must be in (0, 1], got {last}")
+        b = self.bin_losses
+        if b.ndim != 2 or b.shape[1] == 0 or b.shape[0] == 0:
+            return None
+        rows = b[-max(1, int(math.ceil(last * b.shape[0]))) :]
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN bin stays NaN
+            return np.nanmean(rows, axis=0)
 
     # ---------------------------------------------------------------- balancer series
     def balancer_series(self, key: str) -> np.ndarray | None:
