@@ -553,9 +553,9 @@ def _train(
                     scaler.unscale_(optimizer)
                 gn = torch.nn.utils.clip_grad_norm_(params, clip)
                 ids = tb_batch.cluster_ids
-                cl_sum = torch.zeros(k, device=device).index_add(0, ids, per.detach().float())
-                cl_cnt = tb_batch.counts.float()  # host-side: no synchronisation
                 sample_losses = per.detach().float()
+                cl_sum = torch.zeros(k, device=device).index_add(0, ids, sample_losses)
+                cl_cnt = tb_batch.counts.float()  # host-side: no synchronisation
                 weights, record = None, None
             bin_stats: list[torch.Tensor] = []
             if nbins:  # this process's samples; the all-reduce below sums the processes
