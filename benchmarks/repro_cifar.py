@@ -441,8 +441,7 @@ def cluster_loss_ratios(
                     )
                 continue
             mine, theirs, over = log.bin_losses, ref.bin_losses, "bins"
-            T = log.clusters.num_timesteps
-            bins = [[b * T // nb, (b + 1) * T // nb - 1] for b in range(nb)]
+            bins = [list(b) for b in log.bin_intervals()]
         common, ia, ib = np.intersect1d(log.steps, ref.steps, return_indices=True)
         if common.size < window:
             continue

@@ -383,13 +383,10 @@ def plot_bin_losses(
     widths = {p.size for _, p in profiles.values()}
     if len(widths) > 1:
         raise ValueError(f"the runs logged different numbers of bins: {sorted(widths)}")
-    nb = widths.pop()
     if reference is not None and reference not in profiles:
         raise ValueError(f"reference run {reference!r} has no bin losses among the inputs")
-    T = next(
-        (lg.clusters.num_timesteps for lg, _ in profiles.values() if lg.clusters is not None), 1000
-    )
-    centres = (np.arange(nb) + 0.5) * T / nb
+    first = next(iter(profiles.values()))[0]
+    centres = np.array([(lo + hi + 1) / 2 for lo, hi in first.bin_intervals()])
     plt = pyplot()
     panels = 2 if reference is not None and len(profiles) > 1 else 1
     fig, axes = plt.subplots(1, panels, figsize=(6.0 * panels, 3.8), squeeze=False)

@@ -331,8 +331,7 @@ def _bins_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
     )
     profiles = {n: lg.bin_loss_profile() for n, lg in same.items()}
     rows = [[n, *[float(x) for x in p]] for n, p in profiles.items() if p is not None]
-    T = next((lg.clusters.num_timesteps for lg in same.values() if lg.clusters), 1000)
-    head = ["run", *[f"[{b * T // nb}, {(b + 1) * T // nb})" for b in range(nb)]]
+    head = ["run", *[f"[{lo}, {hi + 1})" for lo, hi in next(iter(same.values())).bin_intervals()]]
     w.p(
         "Mean per-sample loss per bin of t over the last 10% of each run's training lines "
         "(weighted runs — P2, Min-SNR — log their weighted losses):\n\n" + _table(head, rows)

@@ -98,6 +98,16 @@ class TrainingLog:
         return int(self.steps.size)
 
     # ---------------------------------------------------------------- fixed bins of t
+    def bin_intervals(self) -> list[tuple[int, int]]:
+        """The fixed bins of ``bin_losses`` as inclusive intervals of t, ``[j·T/N, (j+1)·T/N − 1]``
+        (the trainer's bin of t is ``t·N // T``), T from the run's clusters or config (1000
+        when neither says); empty for a run that logged no bins."""
+        nb = self.bin_losses.shape[1] if self.bin_losses.ndim == 2 else 0
+        diffusion = self.config.get("diffusion", {}) if isinstance(self.config, dict) else {}
+        T = self.clusters.num_timesteps if self.clusters is not None else None
+        T = int(T or diffusion.get("num_timesteps") or 1000)
+        return [(b * T // nb, (b + 1) * T // nb - 1) for b in range(nb)]
+
     def bin_loss_profile(self, last: float = 0.1) -> np.ndarray | None:
         """Mean loss per fixed bin of t (``bin_losses``) over the last ``last`` fraction of the
         training lines (at least one), ignoring empty bins' NaN; ``None`` when the run logged no
