@@ -454,13 +454,13 @@ def test_next_result_projects_the_next_evaluation_from_the_log(tmp_path):
         {"step": 2400, "it_per_s": 8.0},
         {"step": 2500, "it_per_s": 10.0},
         {"step": 2500, "eval": {"fid": 99.0}, "eval_seconds": {"sampling": 240.0, "metrics": 10.0}},
-        {"step": 2600, "it_per_s": 5.0},  # the last window's rate is the one that counts
+        {"step": 2600, "it_per_s": 5.0},  # a slow window (contention): the fastest counts
     ]
     # a line still being written is skipped, not an error
     _metrics(run, rows, written_at=1000.0, tail='{"step": 27')
     nxt = next_result(run, eval_every=2500, steps=50000)
     assert nxt is not None and nxt.step == 5000 and nxt.is_evaluation
-    assert nxt.done_at == pytest.approx(1000.0 + 2400 / 5.0 + 250.0)
+    assert nxt.done_at == pytest.approx(1000.0 + 2400 / 10.0 + 250.0)
 
 
 def test_next_result_before_the_first_evaluation_is_a_lower_bound(tmp_path):
@@ -512,6 +512,8 @@ def test_next_result_ignores_the_start_up_window_of_each_trainer_process(tmp_pat
     after = {"step": 5100, "window": 100, "it_per_s": 15.8, "time": 463.8}
     _metrics(tmp_path / "a", [*rows, evaluation, after], written_at=0.0)
     nxt = next_result(tmp_path / "a", eval_every=5000, steps=50000)
+    # (the 5000 line's window does not begin at 200, so it opens a process here; the line after
+    # the evaluation is that process's second, steady one)
     assert nxt is not None and nxt.done_at == pytest.approx(4900 / 15.8 + 75.0)
     # stopped at 196, resumed: the new process's first window (4 steps after a recompilation)
     # begins at 196, not where the last line ended, although its clock reads later (95.4 s)
@@ -527,6 +529,28 @@ def test_next_result_ignores_the_start_up_window_of_each_trainer_process(tmp_pat
     restarted = {"step": 300, "window": 100, "it_per_s": 1.1, "time": 106.0}
     _metrics(tmp_path / "c", [first, steady, restarted], written_at=0.0)
     assert next_result(tmp_path / "c", eval_every=5000, steps=50000) is None
+
+
+def test_next_result_takes_the_fastest_steady_window_not_the_last(tmp_path):
+    """Slice 11's ANT-PCGrad (ε-MSE) windows, logged while eight trainers compiled beside it:
+    from the last window (3.55 it/s) its first evaluation came 8 s past the deadline and it was
+    stopped at step 404; the hybrid run beside it, same rates, went on to 4.1 it/s and made it.
+    A stop cannot be undone, so the projection is a bound: the fastest steady window."""
+    from antdiff.analysis.ntg_pipeline import next_result
+
+    rows = [
+        {"step": 100, "window": 100, "it_per_s": 3.132, "time": 31.93},  # start-up: not a rate
+        {"step": 200, "window": 100, "it_per_s": 3.783, "time": 58.36},
+        {"step": 300, "window": 100, "it_per_s": 3.920, "time": 83.88},
+        {"step": 400, "window": 100, "it_per_s": 3.549, "time": 112.06},
+    ]
+    # seconds since its launch: the trainer's own clock (``time``) starts ~44 s later
+    _metrics(tmp_path / "run", rows, written_at=156.0)
+    nxt = next_result(tmp_path / "run", eval_every=5000, steps=5000)
+    assert nxt is not None and nxt.rate == pytest.approx(3.920) and nxt.from_step == 400
+    assert nxt.done_at == pytest.approx(156.0 + 4600 / 3.920)
+    # the deadline it had (1,442 s after its launch): the last window's rate misses it, this not
+    assert 156.0 + 4600 / 3.549 > 1442.0 > nxt.done_at
 
 
 @pytest.mark.parametrize("final", [True, False])

@@ -286,9 +286,13 @@ class NextResult:
     ``step`` is its next evaluation (the first multiple of ``train.eval_every`` past the last
     evaluated step), or ``train.steps`` when no evaluation remains; ``done_at`` the wall time
     (``time.time()``) at which it would be done: the time of the log's last line (the file's
-    modification time) + the steps still to train at the last window's rate + the last
-    evaluation's duration (0 before the first, so that the projection is then a lower bound;
-    :func:`run_trainers` then takes another run's). ``from_step``, ``rate`` (it/s) and
+    modification time) + the steps still to train at the fastest steady window's rate of the
+    current trainer process + the last evaluation's duration (0 before the first;
+    :func:`run_trainers` then takes another run's). The projection is a lower bound because a
+    stop on it cannot be undone: slice 11's ANT-PCGrad trained its windows at 3.8, 3.9, 3.5 it/s
+    while eight other trainers compiled beside it, and the last of them projected its first
+    evaluation 8 s past the deadline; it was stopped at step 404, where it would have made it at
+    the 4.1 it/s it later held (the hybrid run beside it did). ``from_step``, ``rate`` (it/s) and
     ``eval_seconds`` are the inputs, for the log line that reports a decision made from it;
     ``measured_eval_seconds`` is the run's own last evaluation's duration (None before its
     first)."""
@@ -353,7 +357,10 @@ def next_result(run: str | Path, *, eval_every: int, steps: int) -> NextResult |
             eval_seconds = float(sum((row.get("eval_seconds") or {}).values()))
             measured = eval_seconds if row.get("eval_seconds") else None
         elif row.get("it_per_s"):
-            rate = float(row["it_per_s"]) if _same_process(last, row) else None
+            if not _same_process(last, row):
+                rate = None  # a new process: its first window holds the start-up
+            elif rate is None or float(row["it_per_s"]) > rate:
+                rate = float(row["it_per_s"])
             last = row
     if rate is None:
         return None
