@@ -409,7 +409,9 @@ def cluster_loss_ratios(
     ``train.log_loss_bins``; ``"over": "bins"`` and the bins' ``"intervals"`` in its entry, else
     ``"over": "clusters"``): each log's cluster losses are of its *own* intervals, so cluster i
     of the two would be other timesteps. Without such bins the run is left out, and
-    ``left_out`` (if given) gets ``{run: reason}``."""
+    ``left_out`` (if given) gets ``{run: reason}``. A bin either log holds as a sample mean over
+    an uneven draw of t (:meth:`TrainingLog.uneven_bins`: logs from before the trainer's
+    ``"bin_mean": "uniform_t"``) has the ratio None, and its index is in ``"uneven"``."""
     from antdiff.analysis.logs import read_training_log
 
     logs = {}
@@ -431,6 +433,7 @@ def cluster_loss_ratios(
             continue
         ref = logs[partner][0]
         mine, theirs, over, bins = log.cluster_losses, ref.cluster_losses, "clusters", None
+        uneven: list[int] = []
         if log.clusters is not None and ref.clusters is not None and log.clusters != ref.clusters:
             nb = log.bin_losses.shape[1]
             if not nb or ref.bin_losses.shape[1] != nb:
@@ -440,8 +443,9 @@ def cluster_loss_ratios(
                         f"{_intervals_text(ref.clusters)}, and the logs hold no common bins of t"
                     )
                 continue
-            mine, theirs, over = log.bin_losses, ref.bin_losses, "bins"
+            mine, theirs, over = log.comparable_bin_losses(), ref.comparable_bin_losses(), "bins"
             bins = [list(b) for b in log.bin_intervals()]
+            uneven = np.flatnonzero(log.uneven_bins() | ref.uneven_bins()).tolist()
         common, ia, ib = np.intersect1d(log.steps, ref.steps, return_indices=True)
         if common.size < window:
             continue
@@ -451,13 +455,14 @@ def cluster_loss_ratios(
             return (c[window:] - c[:-window]) / window
 
         ratio = rolling(mine[ia]) / rolling(theirs[ib])
+        ratio_list = [[None if not np.isfinite(x) else float(x) for x in row] for row in ratio]
         out[name] = {
             "vanilla": partner,
             "over": over,
-            **({"intervals": bins} if bins is not None else {}),
+            **({"intervals": bins, "uneven": uneven} if bins is not None else {}),
             "steps": common[window - 1 :].tolist(),
-            "ratio": ratio.tolist(),
-            "last": ratio[-1].tolist(),
+            "ratio": ratio_list,
+            "last": ratio_list[-1],
         }
     return out
 
@@ -1107,7 +1112,7 @@ def _plot_cluster_loss_ratios(ratios: dict[str, dict[str, Any]], path: Path) -> 
         for r, v in ratios.items():
             if _method_of(r) != cell:
                 continue
-            ratio = np.asarray(v["ratio"])
+            ratio = np.asarray(v["ratio"], dtype=float)  # None (an uneven bin): NaN, not drawn
             style = "-" if r.endswith("-s0") else "--"
             for i in range(ratio.shape[1]):
                 color = plt.get_cmap("viridis")(i / max(1, ratio.shape[1] - 1))
@@ -1389,11 +1394,23 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                         v["vanilla"],
                         str(v["steps"][-1]),
                         "clusters" if v["over"] == "clusters" else f"{len(v['last'])} bins of t",
-                        ", ".join(f"{x:.2f}" for x in v["last"]),
+                        ", ".join("—" if x is None else f"{x:.2f}" for x in v["last"]),
                     ]
                     for r, v in ratios.items()
                 ],
             ),  # fmt: skip
+            *(
+                [
+                    "",
+                    "— : a bin that the run's or vanilla's log holds as the sample mean over an "
+                    "uneven draw of t (logs written before the trainer weighted each sample by "
+                    "1/(T·p(t)), under stratified sampling over clusters of other widths that "
+                    "meet inside the bin): it leans to the oversampled timesteps, so it is left "
+                    "out.",
+                ]
+                if any(v.get("uneven") for v in ratios.values())
+                else []
+            ),
             *(
                 [
                     "",

@@ -371,3 +371,65 @@ def test_plot_bin_losses_refuses_what_it_cannot_compare(tmp_path):
         a.bin_loss_profile(last=0.0)
     path = plot_bin_losses({"a": a, "n": none}, tmp_path / "ok.png", reference="a")
     assert path.stat().st_size > 2000  # the run without bins is left out, not an error
+
+
+def _binned_log(root, clusters, *, ant: str, marked: bool, bins: int = 10):
+    """A run's log with ``bins`` fixed bins of t, ``"bin_mean": "uniform_t"`` if ``marked``."""
+    root.mkdir(parents=True, exist_ok=True)
+    if clusters is not None:
+        (root / "clusters.json").write_text(clusters.to_json())
+    (root / "config.yaml").write_text(ant)
+    k = clusters.k if clusters is not None else 5
+    rows = [
+        {
+            "step": 100 * (n + 1), "loss": 0.1, "cluster_losses": [0.1] * k, "counts": [2] * k,
+            "bin_losses": [0.5 / (b + 1) for b in range(bins)], "bin_counts": [1] * bins,
+            **({"bin_mean": "uniform_t"} if marked else {}),
+        }
+        for n in range(3)
+    ]  # fmt: skip
+    (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return read_training_log(root)
+
+
+def test_bins_of_an_uneven_draw_of_t_are_left_out_of_comparisons(tmp_path):
+    """Stratified sampling over clusters of other widths draws t unevenly inside a bin that two
+    clusters share; a log from before the trainer weighted its samples by 1/(T·p(t)) holds that
+    bin's sample mean, which leans to the oversampled timesteps: NaN in every comparison."""
+    stratified = "ant:\n  enabled: true\n  balancer: uw\n  k: 5\n"
+    snr = TaskClusters(((0, 0), (1, 1), (2, 4), (5, 17), (18, 999)))
+    old = _binned_log(tmp_path / "snr", snr, ant=stratified, marked=False)
+    p = old.timestep_probabilities()
+    assert p.shape == (1000,) and p.sum() == pytest.approx(1.0)
+    assert p[0] == pytest.approx(0.2) and p[500] == pytest.approx(1 / (5 * 982))
+    assert old.uneven_bins().tolist() == [True] + [False] * 9  # only [0, 100) holds t ≤ 17
+    profile = old.bin_loss_profile()
+    assert np.isnan(profile[0]) and profile[1:] == pytest.approx(
+        [0.5 / (b + 1) for b in range(1, 10)]
+    )
+    assert np.isnan(old.comparable_bin_losses()[:, 0]).all() and not np.isnan(old.bin_losses).any()
+    affinity = TaskClusters(((0, 78), (79, 180), (181, 477), (478, 779), (780, 999)))
+    old = _binned_log(tmp_path / "aff", affinity, ant=stratified, marked=False)
+    assert np.flatnonzero(old.uneven_bins()).tolist() == [0, 1, 4, 7]  # where two clusters meet
+    # a log whose lines say they hold means over t ~ U in each bin: every bin counts
+    new = _binned_log(tmp_path / "new", snr, ant=stratified, marked=True)
+    assert new.bin_mean_uniform_t and not new.uneven_bins().any()
+    assert not np.isnan(new.bin_loss_profile()).any()
+    # t drawn evenly (vanilla, ANT's uniform sampling, equal clusters): nothing to leave out
+    vanilla = _binned_log(
+        tmp_path / "van",
+        TaskClusters.uniform(1000, 5),
+        ant="ant:\n  enabled: false\n",
+        marked=False,
+    )
+    uniform = _binned_log(
+        tmp_path / "uni", snr, ant=stratified + "  sampling: uniform\n", marked=False
+    )
+    equal = _binned_log(
+        tmp_path / "eq", TaskClusters.uniform(1000, 5), ant=stratified, marked=False
+    )
+    for log in (vanilla, uniform, equal):
+        assert not log.uneven_bins().any()
+    # an ANT run whose clusters are unknown: no bin can be trusted
+    unknown = _binned_log(tmp_path / "unk", None, ant=stratified, marked=False)
+    assert unknown.timestep_probabilities() is None and unknown.uneven_bins().all()

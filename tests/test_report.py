@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from antdiff import NoiseSchedule
+from antdiff import NoiseSchedule, TaskClusters
 from antdiff.analysis import FIDMeasurement, TaskAffinity, TimestepBins, compute_ntg
 from antdiff.report import classify_inputs, write_report
 from test_plots import write_run
@@ -100,7 +100,11 @@ def test_bin_losses_section_compares_runs_of_any_clustering_with_vanilla(tmp_pat
             r["bin_losses"] = [None if v is None else 2 * v for v in r["bin_losses"]]
     (vanilla / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     old = write_run(tmp_path / "old_run", "uw", bins=0)  # logged before train.log_loss_bins
-    text = write_report([uw, vanilla, old], tmp_path / "r").read_text()
+    # stratified UW over clusters of other widths, logged before the means over t ~ U: its first
+    # bin [0, 250) mixes t ≤ 99 (drawn 1.6× as often per timestep) with the rest: left out
+    uneven = write_run(tmp_path / "uneven_run", "uw")
+    TaskClusters(((0, 99), (100, 499), (500, 749), (750, 999))).to_json(uneven / "clusters.json")
+    text = write_report([uw, vanilla, old, uneven], tmp_path / "r").read_text()
     section = text.split("## Loss per bin of t", 1)[1].split("\n## ", 1)[0]
     assert "right: ratio to vanilla_run" in section
     assert (tmp_path / "r" / "figures" / "bin_losses.png").stat().st_size > 2000
@@ -109,6 +113,8 @@ def test_bin_losses_section_compares_runs_of_any_clustering_with_vanilla(tmp_pat
     assert f"| uw_run | {b0:.4g} |" in section and f"| vanilla_run | {2 * b0:.4g} |" in section
     assert "| run | [0, 250) | [250, 500) | [500, 750) | [750, 1000) |" in section
     assert "old_run" not in section  # no bins: not drawn, not invented
+    assert f"| uneven_run | – | {0.3 / 2 * (1 / 19 + 1 / 20) / 2:.4g} |" in section
+    assert "– in uneven_run: a bin whose logged value is the sample mean over an uneven" in section
     only_old = write_report([old], tmp_path / "r2").read_text()
     assert "loss per bin of t (no run logged bin_losses)" in only_old.split("## Missing parts")[1]
 

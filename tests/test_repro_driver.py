@@ -418,6 +418,7 @@ def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and
         losses,
         intervals=((0, 499), (500, 999)),
         bins=None,
+        marked=False,
     ):
         d = tmp_path / "slice" / "runs" / name
         d.mkdir(parents=True)
@@ -433,6 +434,8 @@ def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and
         ]
         for line, b in zip(lines, bins or []):  # train.log_loss_bins: fixed bins of t
             line["bin_losses"] = b
+            if marked:  # the trainer's means over t ~ U in each bin (twelfth session on)
+                line["bin_mean"] = "uniform_t"
         (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
         return d
 
@@ -454,6 +457,28 @@ def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and
             ((0, 149), (150, 999)),
             bins=[[2.0, 0.5, 0.1, 0.1]] * 6,
         ),  # fmt: skip
+        # seed 4: the same pair, logged with means over t ~ U in each bin
+        run(
+            "vanilla-eps-s4",
+            None,
+            4,
+            False,
+            "none",
+            van,
+            bins=[[1.0, 0.5, 0.2, 0.1]] * 6,
+            marked=True,
+        ),
+        run(
+            "logsnr-uw-eps-s4",
+            "uw",
+            4,
+            False,
+            "none",
+            [[5.0, 0.1]] * 6,
+            ((0, 149), (150, 999)),
+            bins=[[2.0, 0.5, 0.1, 0.1]] * 6,
+            marked=True,
+        ),
         run("vanilla-hybrid-s0", None, 0, True, "none", [[4.0, 0.4]] * 6),
         # ANT-UW, ε-MSE, seed 0: cluster 0 rises from 1.0 to 1.2, cluster 1 halves
         run("uw-eps-s0", "uw", 0, False, "none", [[1.0, 0.1]] * 2 + [[1.2, 0.05]] * 4),
@@ -464,7 +489,7 @@ def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and
     ]
     left_out = {}
     got = repro_cifar.cluster_loss_ratios(runs, window=2, left_out=left_out)
-    assert set(got) == {"uw-eps-s0", "logsnr-uw-eps-s3"}
+    assert set(got) == {"uw-eps-s0", "logsnr-uw-eps-s3", "logsnr-uw-eps-s4"}
     assert left_out == {
         "snr-uw-eps-s1": "clusters [0, 4], [5, 999] are not vanilla-eps-s1's [0, 499], [500, 999]"
         ", and the logs hold no common bins of t"
@@ -473,6 +498,12 @@ def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and
     b = got["logsnr-uw-eps-s3"]
     assert b["over"] == "bins" and b["vanilla"] == "vanilla-eps-s3"
     assert b["intervals"] == [[0, 249], [250, 499], [500, 749], [750, 999]]
+    # its stratified sampler drew t ≤ 149 5.7× as often per timestep as the rest of [0, 249]:
+    # that bin's logged sample mean leans to them, so it is left out (None)
+    assert b["uneven"] == [0] and b["last"][0] is None
+    np.testing.assert_allclose(b["last"][1:], [1.0, 0.5, 1.0])
+    b = got["logsnr-uw-eps-s4"]  # means over t ~ U: every bin compares
+    assert b["uneven"] == [] and b["vanilla"] == "vanilla-eps-s4"
     np.testing.assert_allclose(b["last"], [2.0, 1.0, 0.5, 1.0])
     assert repro_cifar.cluster_loss_ratios(runs, window=2).keys() == got.keys()
     r = got["uw-eps-s0"]
@@ -501,8 +532,10 @@ def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = (out / "table.md").read_text()
     assert "| uw-eps-s0 | vanilla-eps-s0 | 600 | clusters | 1.16, 0.60 |" in text
+    assert "| logsnr-uw-eps-s3 | vanilla-eps-s3 | 600 | 4 bins of t | —, 1.00, 0.50, 1.00 |" in text
+    assert "— : a bin that the run's or vanilla's log holds as the sample mean" in text
     assert (
-        "| logsnr-uw-eps-s3 | vanilla-eps-s3 | 600 | 4 bins of t | 2.00, 1.00, 0.50, 1.00 |" in text
+        "| logsnr-uw-eps-s4 | vanilla-eps-s4 | 600 | 4 bins of t | 2.00, 1.00, 0.50, 1.00 |" in text
     )
     assert "| snr-uw-eps-s1 |" not in text
     assert "snr-uw-eps-s1: clusters [0, 4], [5, 999] are not vanilla-eps-s1's" in text

@@ -59,6 +59,31 @@ def test_marginal_of_t_is_uniform(mode):
     np.testing.assert_allclose(counts / counts.sum(), [0.1, 0.3, 0.6], atol=0.01)
 
 
+@pytest.mark.parametrize("mode", ["stratified", "uniform", "proportional"])
+def test_probabilities_are_the_empirical_marginal_of_t(mode):
+    """``probabilities()`` is what the sampler draws: p(t) = 1/(k·w_c) stratified, 1/T otherwise;
+    weighting samples by 1/(T·p(t)) then turns any set's sample mean into its mean over t ~ U."""
+    s = TimestepSampler(CLUSTERS, mode)
+    p = s.probabilities()
+    assert p.shape == (100,) and p.dtype == torch.float64
+    assert float(p.sum()) == pytest.approx(1.0)
+    if mode == "stratified":
+        expected = np.repeat([1 / 30, 1 / 90, 1 / 180], [10, 30, 60])
+    else:
+        expected = np.full(100, 0.01)
+    np.testing.assert_allclose(p.numpy(), expected, rtol=1e-12)
+    g = torch.Generator().manual_seed(5)
+    t = torch.cat([s.sample(7, g).timesteps for _ in range(4000)]).numpy()
+    h = np.bincount(t, minlength=100)
+    assert _chi2_p(h, p.numpy() * h.sum()) > 1e-3
+    # the importance-weighted mean of f(t) = t over [0, 50) is its mean over t ~ U: 24.5
+    inside = t < 50
+    w = 1.0 / (100 * p.numpy()[t[inside]])
+    assert np.sum(w * t[inside]) / np.sum(w) == pytest.approx(24.5, abs=0.5)
+    if mode == "stratified":  # while the plain sample mean leans to the narrow first cluster
+        assert t[inside].mean() < 21.0
+
+
 def test_proportional_counts_are_tight():
     s = TimestepSampler(CLUSTERS, "proportional")
     g = torch.Generator().manual_seed(2)

@@ -187,6 +187,27 @@ def test_bin_losses_are_fixed_bins_of_t_whatever_the_clusters(tmp_path: Path, an
     assert not {"bin_losses", "bin_counts"} & MetricsLog.read(run / "metrics.jsonl")[0].keys()
 
 
+def test_bin_losses_are_means_over_uniform_t_under_stratified_sampling(tmp_path: Path) -> None:
+    """Clusters of widths 100 and 900 get 5 samples each: t ≤ 99 is drawn 9× as often per
+    timestep as the rest. One bin over [0, T) then holds the mean over t ~ U, Σ w_c·n_c·L_c /
+    Σ w_c·n_c (each sample weighted by 1/(T·p(t)) = k·w_c/T), not the sample mean Σ n_c·L_c / n."""
+    run = tmp_path / "run"
+    ant = ["ant.enabled=true", "ant.balancer=uw", "ant.clusters=[[0,99],[100,999]]"]
+    train(tiny(run, "train.steps=2", "train.log_loss_bins=1", *ant), log=None)
+    rows = MetricsLog.read(run / "metrics.jsonl")
+    assert rows
+    for r in rows:
+        n, L = np.array(r["counts"], dtype=float), np.array(r["cluster_losses"], dtype=float)
+        assert r["bin_mean"] == "uniform_t" and r["bin_counts"] == [10] and list(n) == [5, 5]
+        uniform_t = float((np.array([100, 900]) * n * L).sum() / (np.array([100, 900]) * n).sum())
+        assert r["bin_losses"][0] == pytest.approx(uniform_t, rel=1e-5)
+        assert r["bin_losses"][0] != pytest.approx(r["loss"], rel=1e-3)  # the sample mean
+    # vanilla draws t ~ U: every weight is 1, its bins' sample means are already that mean
+    train(tiny(tmp_path / "vanilla", "train.steps=1", "train.log_loss_bins=1"), log=None)
+    (r,) = MetricsLog.read(tmp_path / "vanilla" / "metrics.jsonl")[:1]
+    assert r["bin_mean"] == "uniform_t" and r["bin_losses"][0] == pytest.approx(r["loss"], rel=1e-6)
+
+
 def test_refuses_to_clobber_or_resume_an_incompatible_run(tmp_path: Path) -> None:
     run = tmp_path / "run"
     train(tiny(run, "train.steps=2"), log=None)

@@ -332,10 +332,18 @@ def _bins_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
     profiles = {n: lg.bin_loss_profile() for n, lg in same.items()}
     rows = [[n, *[float(x) for x in p]] for n, p in profiles.items() if p is not None]
     head = ["run", *[f"[{lo}, {hi + 1})" for lo, hi in next(iter(same.values())).bin_intervals()]]
+    uneven = sorted(n for n, lg in same.items() if lg.uneven_bins().any())
     w.p(
         "Mean per-sample loss per bin of t over the last 10% of each run's training lines "
         "(weighted runs — P2, Min-SNR — log their weighted losses):\n\n" + _table(head, rows)
     )
+    if uneven:
+        w.p(
+            f"– in {', '.join(uneven)}: a bin whose logged value is the sample mean over an "
+            "uneven draw of t (a log from before the trainer weighted each sample by 1/(T·p(t)); "
+            "stratified sampling over clusters of other widths that meet inside the bin), which "
+            "leans to the oversampled timesteps and is left out."
+        )
 
 
 def _weights_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:

@@ -117,6 +117,20 @@ class TimestepSampler:
     def num_clusters(self) -> int:
         return self.clusters.k
 
+    def probabilities(self) -> torch.Tensor:
+        """p(t): the probability that one sample of a batch is timestep t (float64 ``[T]``).
+
+        ``stratified`` gives every cluster the share 1/k whatever its width (the leftover B mod k
+        samples go to clusters drawn at random, so the share is 1/k exactly in expectation):
+        p(t) = 1 / (k·w_c) for t in cluster c of width w_c. ``uniform`` and ``proportional`` keep
+        vanilla's marginal, p(t) = 1/T. A mean over the samples of a set of timesteps weighted by
+        1/(T·p(t)) estimates the mean over t uniform in that set (the trainer's ``bin_losses``).
+        """
+        T, k = self.clusters.num_timesteps, self.clusters.k
+        if self.mode != "stratified":
+            return torch.full((T,), 1.0 / T, dtype=torch.float64)
+        return torch.repeat_interleave(1.0 / (k * self._widths.double()), self._widths)
+
     def counts(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Samples per cluster for one batch (LongTensor ``[k]``, sums to ``batch_size``)."""
         if batch_size < 1:

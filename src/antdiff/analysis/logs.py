@@ -82,6 +82,9 @@ class TrainingLog:
     # mean loss in the run's fixed bins of t (`train.log_loss_bins`), one row per training line;
     # zero columns for runs logged before it existed
     bin_losses: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    # every line with bins says "bin_mean": "uniform_t" (means over t uniform in the bin); older
+    # logs hold plain sample means, comparable only where the sampler drew t evenly in the bin
+    bin_mean_uniform_t: bool = False
 
     @property
     def k(self) -> int:
@@ -108,13 +111,54 @@ class TrainingLog:
         T = int(T or diffusion.get("num_timesteps") or 1000)
         return [(b * T // nb, (b + 1) * T // nb - 1) for b in range(nb)]
 
+    def timestep_probabilities(self) -> np.ndarray | None:
+        """p(t), the probability that one training sample is timestep t (``[T]``), from the
+        run's config and clusters: 1/T for vanilla training and for ANT's ``uniform`` and
+        ``proportional`` sampling, 1/(k·w_c) under ``stratified`` sampling
+        (:meth:`antdiff.sampling.TimestepSampler.probabilities`); ``None`` when an ANT run's
+        clusters are unknown."""
+        ant = self.config.get("ant", {}) if isinstance(self.config, dict) else {}
+        T = self.clusters.num_timesteps if self.clusters is not None else None
+        if not ant.get("enabled") or ant.get("sampling", "stratified") != "stratified":
+            diffusion = self.config.get("diffusion", {}) if isinstance(self.config, dict) else {}
+            T = int(T or diffusion.get("num_timesteps") or 1000)
+            return np.full(T, 1.0 / T)
+        if self.clusters is None:
+            return None
+        widths = np.asarray(self.clusters.widths, dtype=np.float64)
+        return np.repeat(1.0 / (len(widths) * widths), self.clusters.widths)
+
+    def uneven_bins(self) -> np.ndarray:
+        """Boolean ``[N]``: the bins of ``bin_losses`` that are plain sample means over an uneven
+        draw of t (a log from before ``"bin_mean": "uniform_t"`` whose stratified sampler gave
+        the bin's timesteps different probabilities: clusters of other widths meet inside it).
+        Such a mean leans to the oversampled timesteps (raw-SNR clusters: t ≤ 17 in the first of
+        10 bins), so it is not comparable with another run's. All True when p(t) is unknown."""
+        intervals = self.bin_intervals()
+        if self.bin_mean_uniform_t or not intervals:
+            return np.zeros(len(intervals), dtype=bool)
+        p = self.timestep_probabilities()
+        if p is None:
+            return np.ones(len(intervals), dtype=bool)
+        return np.array([p[lo : hi + 1].max() > p[lo : hi + 1].min() * (1 + 1e-9)
+                         for lo, hi in intervals])  # fmt: skip
+
+    def comparable_bin_losses(self) -> np.ndarray:
+        """``bin_losses`` with the :meth:`uneven_bins` set to NaN: every value left is the
+        window's mean loss over t uniform in its bin, comparable across runs and clusterings."""
+        b = np.array(self.bin_losses, dtype=np.float64, copy=True)
+        if b.ndim == 2 and b.shape[1]:
+            b[:, self.uneven_bins()] = np.nan
+        return b
+
     def bin_loss_profile(self, last: float = 0.1) -> np.ndarray | None:
-        """Mean loss per fixed bin of t (``bin_losses``) over the last ``last`` fraction of the
-        training lines (at least one), ignoring empty bins' NaN; ``None`` when the run logged no
-        bins (``train.log_loss_bins = 0`` or a run older than the option)."""
+        """Mean loss per fixed bin of t (:meth:`comparable_bin_losses`: NaN for a bin whose
+        logged value is a sample mean over an uneven draw of t) over the last ``last`` fraction
+        of the training lines (at least one), ignoring empty bins' NaN; ``None`` when the run
+        logged no bins (``train.log_loss_bins = 0`` or a run older than the option)."""
         if not 0 < last <= 1:
             raise ValueError(f"last must be in (0, 1], got {last}")
-        b = self.bin_losses
+        b = self.comparable_bin_losses()
         if b.ndim != 2 or b.shape[1] == 0 or b.shape[0] == 0:
             return None
         rows = b[-max(1, int(math.ceil(last * b.shape[0]))) :]
@@ -408,6 +452,8 @@ def read_training_log(run_or_file: str | Path) -> TrainingLog:
         clusters=clusters,
         config=config if isinstance(config, dict) else {},
         bin_losses=mat("bin_losses", nbins),
+        bin_mean_uniform_t=any("bin_losses" in r for r in train)
+        and all(r.get("bin_mean") == "uniform_t" for r in train if "bin_losses" in r),
     )
 
 

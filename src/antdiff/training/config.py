@@ -222,7 +222,9 @@ class TrainConfig:
     log_loss_bins: int = _f(
         10,
         "Also log the mean loss in N equal bins of t over [0, T) (`bin_losses`), whatever the "
-        "clusters: runs with different clusterings compare on the same timesteps. 0 = off.",
+        "clusters: runs with different clusterings compare on the same timesteps. Each bin's "
+        "mean is over t uniform in the bin (samples weighted by 1/(T·p(t)) under stratified "
+        "sampling). 0 = off.",
     )
     ckpt_every: int = _f(5000, "Write a checkpoint every N steps (and always at the end).")
     keep_last: int = _f(3, "Keep the last N checkpoints (older ones are deleted).")

@@ -60,7 +60,10 @@ class WindowStats:
     ``loss`` is the pooled per-sample mean Σℓ/Σn (comparable across vanilla and every balancer)
     and ``cluster_losses[i]`` the pooled mean over the window's samples of cluster i. With
     ``bins`` > 0 the same for ``bins`` equal bins of t (``bin_losses``, ``bin_counts``): fixed
-    for every run, so runs with other clusterings compare on the same timesteps.
+    for every run, so runs with other clusterings compare on the same timesteps. With
+    ``bin_weights`` (Σ 1/(T·p(t)) of the bin's samples, their losses summed with the same weights)
+    ``bin_losses`` = Σ wℓ / Σ w estimates the mean over t uniform in the bin whatever the sampler
+    (marked ``"bin_mean": "uniform_t"`` in the line); without, it is the plain sample mean.
     """
 
     def __init__(self, k: int, bins: int = 0) -> None:
@@ -74,6 +77,7 @@ class WindowStats:
         self.counts = np.zeros(self.k)
         self.bin_sums = np.zeros(self.bins)
         self.bin_counts = np.zeros(self.bins)
+        self.bin_weights: np.ndarray | None = None
 
     def add(
         self,
@@ -81,6 +85,7 @@ class WindowStats:
         cluster_counts: Sequence[float],
         bin_sums: Sequence[float] | None = None,
         bin_counts: Sequence[float] | None = None,
+        bin_weights: Sequence[float] | None = None,
     ) -> None:
         self.steps += 1
         self.sums += np.asarray(cluster_sums, dtype=np.float64)
@@ -88,6 +93,9 @@ class WindowStats:
         if self.bins and bin_sums is not None and bin_counts is not None:
             self.bin_sums += np.asarray(bin_sums, dtype=np.float64)
             self.bin_counts += np.asarray(bin_counts, dtype=np.float64)
+            if bin_weights is not None:
+                w = np.asarray(bin_weights, dtype=np.float64)
+                self.bin_weights = w if self.bin_weights is None else self.bin_weights + w
 
     @staticmethod
     def _means(sums: np.ndarray, counts: np.ndarray) -> list[float]:
@@ -103,7 +111,11 @@ class WindowStats:
             "counts": [int(round(c)) for c in self.counts],
         }
         if self.bins and self.bin_counts.sum() > 0:
-            out["bin_losses"] = self._means(self.bin_sums, self.bin_counts)
+            if self.bin_weights is not None:
+                out["bin_losses"] = self._means(self.bin_sums, self.bin_weights)
+                out["bin_mean"] = "uniform_t"
+            else:
+                out["bin_losses"] = self._means(self.bin_sums, self.bin_counts)
             out["bin_counts"] = [int(round(c)) for c in self.bin_counts]
         return out
 

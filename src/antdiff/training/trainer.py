@@ -456,6 +456,14 @@ def _train(
 
     # ------------------------------------------------------------ 7. the loop
     nbins = cfg.train.log_loss_bins  # bin_losses: fixed bins of t, the same for every run
+    # Stratified sampling draws t unevenly inside a bin that straddles clusters of other widths
+    # (raw-SNR clusters: 80% of every batch at t ≤ 17, all in the first bin), so a plain sample
+    # mean per bin would compare other timesteps across runs. Each sample is weighted by
+    # 1/(T·p(t)): every run's bin_losses then estimate the mean over t uniform in the bin.
+    bin_iw = None
+    if nbins and t_sampler is not None and t_sampler.mode == "stratified":
+        p_t = t_sampler.probabilities()
+        bin_iw = to_device((1.0 / (p_t.numel() * p_t)).float(), device)
     window = WindowStats(k, bins=nbins)
     t_start = time.perf_counter()
     t_window, hook_time = t_start, 0.0
@@ -561,13 +569,17 @@ def _train(
             if nbins:  # this process's samples; the all-reduce below sums the processes
                 if sample_losses is None:  # a skipped step: no losses, no counts
                     bin_sum, bin_n = torch.zeros(nbins, device=device), torch.zeros(nbins)
+                    bin_w: torch.Tensor = bin_n
                 else:
                     bins_t = t * nbins // objective.num_timesteps
-                    bin_sum = torch.zeros(nbins, device=device).index_add(
-                        0, bins_t, sample_losses.to(device)
-                    )
-                    bin_n = bin_cnt
-                bin_stats = [bin_sum, to_device(bin_n, device)]
+                    losses_t = sample_losses.to(device)
+                    bin_w = bin_n = bin_cnt
+                    if bin_iw is not None:
+                        iw = bin_iw[t]
+                        losses_t = losses_t * iw
+                        bin_w = torch.zeros(nbins, device=device).index_add(0, bins_t, iw)
+                    bin_sum = torch.zeros(nbins, device=device).index_add(0, bins_t, losses_t)
+                bin_stats = [bin_sum, to_device(bin_w, device), to_device(bin_n, device)]
 
             # (d) statistics of the step (one small all-reduce), the update, then the step's one
             # host sync: the update is queued first so the device never waits for the host check
@@ -595,7 +607,8 @@ def _train(
             sums, counts, grad_norm = vals[:k], vals[k : 2 * k], vals[2 * k]
             stop_now = vals[2 * k + 1] > 0
             bin_sums = vals[2 * k + 2 : 2 * k + 2 + nbins]
-            bin_counts = vals[2 * k + 2 + nbins :]
+            bin_weights = vals[2 * k + 2 + nbins : 2 * k + 2 + 2 * nbins]
+            bin_counts = vals[2 * k + 2 + 2 * nbins :]
             bad = [i for i in range(k) if counts[i] > 0 and not math.isfinite(sums[i])]
             if bad or (scaler is None and not math.isfinite(grad_norm)):
                 # Nothing of this step is ever saved: the in-memory model is abandoned.
@@ -605,7 +618,7 @@ def _train(
             if engine is not None:
                 engine.after_optimizer_step(compute_losses, tb_batch)
             step += 1
-            window.add(sums, counts, bin_sums, bin_counts)
+            window.add(sums, counts, bin_sums, bin_counts, bin_weights)
             if pbar is not None:
                 total_n = sum(counts)
                 pbar.update(1)
