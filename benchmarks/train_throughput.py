@@ -175,6 +175,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="override data.num_workers")
     ap.add_argument("--compile", action="store_true", help="train.compile=true for antdiff runs")
     ap.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+        help="train.compile_mode with --compile (reduce-overhead: CUDA graphs)",
+    )
+    ap.add_argument(
         "--set",
         dest="overrides",
         nargs="+",
@@ -235,6 +241,7 @@ def main() -> None:
             "train.sample_n=4",
             "sample.steps=2",
             f"train.compile={str(args.compile).lower()}",
+            f"train.compile_mode={args.compile_mode}",
         ]
         cfg = load_config(ROOT / "configs" / PRESETS[name], [*common, *extra])
         _say(f"antdiff {name}: {steps} steps")
@@ -256,6 +263,7 @@ def main() -> None:
         "precision": cfg.train.precision,
         "channels_last": cfg.train.channels_last,
         "compile": args.compile,
+        "compile_mode": args.compile_mode if args.compile else None,
         "overrides": args.overrides,
         "workers": cfg.data.num_workers,
         "seconds_per_variant": args.seconds,

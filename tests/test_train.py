@@ -17,7 +17,7 @@ import torch
 from antdiff.clustering import TaskClusters
 from antdiff.objective import DiffusionObjective
 from antdiff.training.checkpoint import CheckpointManager, load_checkpoint
-from antdiff.training.config import Config, load_config
+from antdiff.training.config import Config, ConfigError, load_config
 from antdiff.training.monitor import MetricsLog
 from antdiff.training.trainer import TrainingDiverged, train
 
@@ -206,6 +206,28 @@ def test_bin_losses_are_means_over_uniform_t_under_stratified_sampling(tmp_path:
     train(tiny(tmp_path / "vanilla", "train.steps=1", "train.log_loss_bins=1"), log=None)
     (r,) = MetricsLog.read(tmp_path / "vanilla" / "metrics.jsonl")[:1]
     assert r["bin_mean"] == "uniform_t" and r["bin_losses"][0] == pytest.approx(r["loss"], rel=1e-6)
+
+
+def test_compile_mode_reaches_torch_compile(tmp_path: Path, monkeypatch) -> None:
+    """``train.compile_mode`` is torch.compile's ``mode`` (reduce-overhead: CUDA graphs, which
+    remove the launch overhead that bounds this model's step); a mode torch does not know is
+    refused by the config with the list of modes."""
+    seen: list[dict] = []
+
+    def fake_compile(model, **kwargs):  # records the call, trains the eager module
+        seen.append(kwargs)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    for mode in ("default", "reduce-overhead"):
+        run = tmp_path / mode
+        cfg = tiny(run, "train.steps=1", "train.compile=true", f"train.compile_mode={mode}")
+        assert train(cfg, log=None).step == 1
+    assert [k.get("mode") for k in seen] == ["default", "reduce-overhead"]
+    train(tiny(tmp_path / "off", "train.steps=1", "train.compile_mode=reduce-overhead"), log=None)
+    assert len(seen) == 2  # without train.compile the mode does nothing
+    with pytest.raises(ConfigError, match="must be one of 'default', 'reduce-overhead'"):
+        tiny(tmp_path / "bad", "train.compile=true", "train.compile_mode=fast")
 
 
 def test_refuses_to_clobber_or_resume_an_incompatible_run(tmp_path: Path) -> None:

@@ -216,6 +216,14 @@ class TrainConfig:
         "fp32", "fp32, bf16 autocast, or fp16 autocast + GradScaler (CUDA only)."
     )
     compile: bool = _f(False, "torch.compile the denoiser.")
+    compile_mode: Literal[
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = _f(
+        "default",
+        "torch.compile mode with train.compile: default, reduce-overhead (CUDA graphs: "
+        "removes the launch overhead that bounds small models' steps), max-autotune, "
+        "max-autotune-no-cudagraphs.",
+    )
     channels_last: bool = _f(False, "Use the channels-last memory format (UNets on GPU).")
     tf32: bool = _f(True, "Allow TF32 matmuls/convolutions on Ampere+ GPUs.")
     log_every: int = _f(50, "Write metrics.jsonl / TensorBoard every N steps.")
