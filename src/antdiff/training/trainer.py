@@ -320,9 +320,9 @@ def _train(
         return TrainResult(run.root, step, False, last_ckpt)
 
     # ------------------------------------------------------------ 6. wrappers for speed / DDP
-    fwd: torch.nn.Module = (
-        torch.compile(model, mode=cfg.train.compile_mode) if cfg.train.compile else model
-    )  # type: ignore[assignment]
+    fwd: torch.nn.Module = model
+    if cfg.train.compile:
+        fwd = torch.compile(model, mode=cfg.train.compile_mode)  # type: ignore[assignment]
     if world > 1:
         fwd = DistributedDataParallel(
             fwd, device_ids=[device.index] if device.type == "cuda" else None
