@@ -288,11 +288,9 @@ class NextResult:
     (``time.time()``) at which it would be done: the time of the log's last line (the file's
     modification time) + the steps still to train at the fastest steady window's rate of the
     current trainer process + the last evaluation's duration (0 before the first;
-    :func:`run_trainers` then takes another run's). The projection is a lower bound because a
-    stop on it cannot be undone: slice 11's ANT-PCGrad trained its windows at 3.8, 3.9, 3.5 it/s
-    while eight other trainers compiled beside it, and the last of them projected its first
-    evaluation 8 s past the deadline; it was stopped at step 404, where it would have made it at
-    the 4.1 it/s it later held (the hybrid run beside it did). ``from_step``, ``rate`` (it/s) and
+    :func:`run_trainers` then takes another run's). The fastest window, not the last, because a
+    stop cannot be undone and early windows are slowed by other trainers compiling on the host
+    (slice 11 lost a run that way at step 404). ``from_step``, ``rate`` (it/s) and
     ``eval_seconds`` are the inputs, for the log line that reports a decision made from it;
     ``measured_eval_seconds`` is the run's own last evaluation's duration (None before its
     first)."""
