@@ -1062,6 +1062,58 @@ def _plot_ntg_across_seeds(cells: dict[str, dict[str, Any]], path: Path) -> Path
     return plot_ntg(tables, path, title="NTG per interval (bars: std over training seeds)")
 
 
+def _cells_step(rows: dict[str, dict[int, dict[str, list[float]]]]) -> int | None:
+    """The evaluated step with the most cells (the later of a tie); None below three cells."""
+    by_step: dict[int, int] = {}
+    for cell in rows.values():
+        for step, v in cell.items():
+            by_step[step] = by_step.get(step, 0) + bool(v.get("fid"))
+    best = max(by_step, key=lambda st: (by_step[st], st), default=None)
+    return best if best is not None and by_step[best] >= 3 else None
+
+
+def _plot_cells(rows: dict[str, dict[int, dict[str, list[float]]]], step: int, path: Path) -> Path:
+    """Every cell at one step, sorted by mean FID: FID, precision and recall side by side, each
+    seed a dot and the mean a bar; vanilla's mean (per loss) as a dashed line, diagnostics in
+    grey. A grid evaluated at one budget (Phase 2) has no curve to draw; this is its figure."""
+    from antdiff.plots import pyplot, save_figure
+
+    plt = pyplot()
+    cells = sorted(
+        (c for c, v in rows.items() if v.get(step, {}).get("fid")),
+        key=lambda c: -float(np.mean(rows[c][step]["fid"])),
+    )
+    metrics = [
+        m for m in ("fid", "precision", "recall") if any(rows[c][step].get(m) for c in cells)
+    ]
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(3.2 * len(metrics) + 1.6, 0.32 * len(cells) + 1.2),
+        sharey=True, squeeze=False,
+    )  # fmt: skip
+    y = np.arange(len(cells))
+    for ax, metric in zip(axes[0], metrics):
+        for i, c in enumerate(cells):
+            vals = rows[c][step].get(metric) or []
+            if not vals:
+                continue
+            color = "0.6" if c.startswith("diag-") else ("C3" if c.startswith("vanilla-") else "C0")
+            ax.barh(i, float(np.mean(vals)), height=0.6, color=color, alpha=0.35)
+            ax.plot(vals, [i] * len(vals), "o", ms=3.5, color=color)
+        for c in cells:
+            if c.startswith("vanilla-") and rows[c][step].get(metric):
+                ax.axvline(float(np.mean(rows[c][step][metric])), color="C3", ls="--", lw=0.8)
+        ax.set_title({"fid": "FID ↓", "precision": "precision ↑", "recall": "recall ↑"}[metric],
+                     fontsize=9)  # fmt: skip
+        ax.grid(axis="x", lw=0.3)
+    axes[0][0].set_yticks(y, cells, fontsize=7)
+    fig.suptitle(
+        f"{step:,} iterations: each seed a dot, the bar its mean (red: vanilla)", fontsize=9
+    )
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
+
+
 def _plot_fid_curves(rows: dict[str, dict[int, dict[str, list[float]]]], path: Path) -> Path:
     """FID against iterations: mean over seeds, bars spanning their range; one colour per
     method, dashed for the hybrid loss; a logarithmic FID axis when the FIDs span more than a
@@ -1144,7 +1196,8 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
     of a joint run that has no periodic evaluation at that step. Affinity results add the O1
     section (:func:`o1_across_runs`), ``summary.json`` and the device logs the cost section
     (:func:`cost_across_runs`). Writes ``table.md``, ``table.json`` and (with FID points)
-    ``fid_curves.png`` to ``--results``."""
+    ``fid_curves.png`` and ``cells.png`` (every cell at the step with the most, three or more:
+    :func:`_plot_cells`) to ``--results``."""
     points: dict[str, dict[int, dict[str, list[tuple[int, float]]]]] = {}
     seeds: dict[str, list[int]] = {}
     meta: dict[int, dict[str, Any]] = {}
@@ -1457,6 +1510,8 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
     written = [out / "table.md", out / "table.json"]
     if rows:
         written.append(_plot_fid_curves(rows, out / "fid_curves.png"))
+        if (step := _cells_step(rows)) is not None:
+            written.append(_plot_cells(rows, step, out / "cells.png"))
     if ntg:
         written.append(_plot_ntg_across_seeds(ntg, out / "ntg.png"))
     if ratios:

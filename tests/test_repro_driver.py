@@ -180,6 +180,28 @@ def test_source_digest_follows_the_code(tmp_path):
     assert repro_cifar.source_digest(tmp_path) != first
 
 
+def test_cells_figure_takes_the_step_with_the_most_cells(tmp_path):
+    """A grid evaluated at one budget (Phase 2) has no curves: ``cells.png`` draws every cell at
+    the step where most cells have an FID (the later of a tie), once there are three."""
+    repro_cifar = _driver_module()
+
+    def pts(fid):
+        return {"fid": [fid, fid + 1.0], "precision": [0.6, 0.62], "recall": [0.3, 0.31]}
+
+    rows = {
+        "vanilla-eps": {2500: pts(198.0), 5000: pts(41.0)},
+        "timestep-uw-eps": {2500: pts(98.0), 5000: pts(49.0)},
+        "minsnr-eps": {5000: pts(31.0)},
+        "diag-tuniform-snr-uw-eps": {5000: {"fid": [55.9]}},  # FID only: the other panels skip it
+    }
+    assert repro_cifar._cells_step(rows) == 5000
+    assert repro_cifar._cells_step({c: rows[c] for c in ("vanilla-eps", "minsnr-eps")}) is None
+    tie = {c: {2500: pts(1.0), 5000: pts(2.0)} for c in ("a", "b", "c")}
+    assert repro_cifar._cells_step(tie) == 5000
+    path = repro_cifar._plot_cells(rows, 5000, tmp_path / "cells.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
 def test_table_averages_seeds_bolds_the_best_and_draws_the_curves(tmp_path):
     src = tmp_path / "results"
     src.mkdir()
@@ -216,6 +238,7 @@ def test_table_averages_seeds_bolds_the_best_and_draws_the_curves(tmp_path):
     assert "| timestep-uw-hybrid | 105.0 (5000) | 2500 | ≥ 2.00× | none |" in md
     assert data["convergence"]["timestep-uw-hybrid"]["steps_to_target"] == 2500
     assert (out / "fid_curves.png").stat().st_size > 1000
+    assert not (out / "cells.png").exists()  # two cells at most at a step: the curves say it
 
     empty = tmp_path / "empty"
     empty.mkdir()
