@@ -660,7 +660,7 @@ def trainers_per_card(folder: Path) -> dict[str, int]:
     and so do the runs in ``host/*.log``: the device logs of other instances that trained on the
     same cards under the same names (``ingest --host-logs``); {} where the logs are missing."""
     line = re.compile(
-        r"^(?:\[repro (\d\d):(\d\d):(\d\d)\] |.*?)([\w.-]+): "
+        r"^(?:\[repro (\d\d):(\d\d):(\d\d)\] |.*?)([\w.+-]+): "  # run names may hold "+"
         r"(?:training on (cuda:\d+)|stopped at step|finished at step)",
         re.M,
     )

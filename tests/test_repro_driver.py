@@ -696,6 +696,21 @@ def test_trainers_per_card_counts_the_runs_on_a_card_at_once_not_one_after_anoth
     counts = repro_cifar.trainers_per_card(tmp_path)
     assert counts["vanilla-eps-s0"] == 2
     assert counts["timestep-pcgrad-hybrid-s0"] == 2 and counts["diag-adam099-vanilla-eps-s1"] == 2
+    # ANT-UW + P2's name has a '+' (slice 11's card 3): it is one run, not a 'p2-eps-s0' without
+    # a time that would overlap every span of the card
+    (tmp_path / "repro_cuda0.log").write_text(
+        "[repro 02:26:53] timestep-uw-eps-s1: training on cuda:0 (from step 0)\n"
+        "[repro 02:26:53] timestep-uw+p2-eps-s0: training on cuda:0 (from step 0)\n"
+        "[repro 02:26:53] timestep-uw+p2-eps-s1: training on cuda:0 (from step 0)\n"
+        "[repro 02:47:45] timestep-uw+p2-eps-s0: finished at step 5000\n"
+        "[repro 02:47:45] timestep-uw+p2-eps-s1: finished at step 5000\n"
+        "[repro 02:47:47] timestep-uw-eps-s1: finished at step 5000\n"
+        "[repro 03:00:00] p2-eps-s0: training on cuda:0 (from step 0)\n"
+        "[repro 03:10:00] p2-eps-s0: finished at step 5000\n"
+    )
+    counts = repro_cifar.trainers_per_card(tmp_path)
+    assert counts["timestep-uw+p2-eps-s0"] == counts["timestep-uw+p2-eps-s1"] == 3
+    assert counts["timestep-uw-eps-s1"] == 3 and counts["p2-eps-s0"] == 1
 
 
 def test_an_o2_joint_fid_follows_the_first_folder_rule_like_any_point(tmp_path):
