@@ -676,16 +676,20 @@ def test_trainers_per_card_counts_the_runs_on_a_card_at_once_not_one_after_anoth
     counts = repro_cifar.trainers_per_card(tmp_path)
     assert counts["timestep-pcgrad-hybrid-s0"] == 1 and counts["diag-adam099-vanilla-eps-s0"] == 1
     assert counts["vanilla-eps-s1"] == 2 and counts["minsnr-eps-s0"] == 2
+
+    def card0(log: str) -> dict[str, int]:  # card 0's device log alone changes below
+        (tmp_path / "repro_cuda0.log").write_text(log)
+        return repro_cifar.trainers_per_card(tmp_path)
+
     # a run still training when the log ends overlaps whatever starts after it on its card
-    (tmp_path / "repro_cuda0.log").write_text(
+    counts = card0(
         "[repro 10:00:00] vanilla-eps-s1: training on cuda:0 (from step 0)\n"
         "[repro 11:00:00] minsnr-eps-s0: training on cuda:0 (from step 0)\n"
     )
-    counts = repro_cifar.trainers_per_card(tmp_path)
     assert counts["vanilla-eps-s1"] == 2 and counts["minsnr-eps-s0"] == 2
     # the tenth session's card 0: a long run beside two others that followed each other (one
     # stopped, the next started later) had two partners, but never more than one at a time
-    (tmp_path / "repro_cuda0.log").write_text(
+    counts = card0(
         "[repro 00:01:40] vanilla-eps-s0: training on cuda:0 (from step 0)\n"
         "[repro 00:01:40] timestep-pcgrad-hybrid-s0: training on cuda:0 (from step 0)\n"
         "[repro 00:03:34] timestep-pcgrad-hybrid-s0: stopped at step 227\n"
@@ -693,12 +697,11 @@ def test_trainers_per_card_counts_the_runs_on_a_card_at_once_not_one_after_anoth
         "[repro 00:25:44] diag-adam099-vanilla-eps-s1: stopped at step 2500\n"
         "[repro 00:26:24] vanilla-eps-s0: stopped at step 5000\n"
     )
-    counts = repro_cifar.trainers_per_card(tmp_path)
     assert counts["vanilla-eps-s0"] == 2
     assert counts["timestep-pcgrad-hybrid-s0"] == 2 and counts["diag-adam099-vanilla-eps-s1"] == 2
     # ANT-UW + P2's name has a '+' (slice 11's card 3): it is one run, not a 'p2-eps-s0' without
     # a time that would overlap every span of the card
-    (tmp_path / "repro_cuda0.log").write_text(
+    counts = card0(
         "[repro 02:26:53] timestep-uw-eps-s1: training on cuda:0 (from step 0)\n"
         "[repro 02:26:53] timestep-uw+p2-eps-s0: training on cuda:0 (from step 0)\n"
         "[repro 02:26:53] timestep-uw+p2-eps-s1: training on cuda:0 (from step 0)\n"
@@ -708,7 +711,6 @@ def test_trainers_per_card_counts_the_runs_on_a_card_at_once_not_one_after_anoth
         "[repro 03:00:00] p2-eps-s0: training on cuda:0 (from step 0)\n"
         "[repro 03:10:00] p2-eps-s0: finished at step 5000\n"
     )
-    counts = repro_cifar.trainers_per_card(tmp_path)
     assert counts["timestep-uw+p2-eps-s0"] == counts["timestep-uw+p2-eps-s1"] == 3
     assert counts["timestep-uw-eps-s1"] == 3 and counts["p2-eps-s0"] == 1
 
