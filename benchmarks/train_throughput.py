@@ -138,6 +138,46 @@ def plain_loop(cfg: Any, seconds: float, warmup: int) -> dict[str, Any]:
                     }
 
 
+def steady_rate(
+    lines: list[dict[str, Any]], warmup: int, batch: int, *, stopped_at: int, interrupted: bool
+) -> dict[str, Any]:
+    """The rate over the log windows that start after ``warmup`` steps (it/s excludes logging
+    and checkpoint time), with when the first window ended (start-up and compilation).
+
+    A run that stopped before any such window (a ``timeout`` sends SIGTERM: the trainer
+    checkpoints and returns) gets ``it_per_s`` None and the reason, not a division by zero: the
+    windows it did log still say how far compilation got.
+    """
+    train_lines = [r for r in lines if "eval" not in r]
+    steady = [r for r in train_lines if r["step"] - r["window"] >= warmup]
+    first = train_lines[0] if train_lines else None
+    out: dict[str, Any] = {
+        "stopped_at_step": stopped_at,
+        "interrupted": interrupted,
+        "first_window_end": (
+            {"step": first["step"], "time_s": first["time"]} if first is not None else None
+        ),
+        "last_loss": train_lines[-1]["loss"] if train_lines else None,
+    }
+    if not steady:
+        out.update(
+            it_per_s=None,
+            img_per_s=None,
+            steps_measured=0,
+            why_no_rate=(
+                f"training stopped at step {stopped_at}"
+                + (" (interrupted: a signal, e.g. the command's timeout)" if interrupted else "")
+                + f" before a log window past the {warmup}-step warm-up ended; give it more time"
+                " or a smaller --warmup"
+            ),
+        )
+        return out
+    steps = sum(r["window"] for r in steady)
+    secs = sum(r["window"] / r["it_per_s"] for r in steady)
+    out.update(it_per_s=steps / secs, img_per_s=steps * batch / secs, steps_measured=steps)
+    return out
+
+
 def antdiff_run(cfg: Any, warmup: int) -> dict[str, Any]:
     """``antdiff.training.train`` on the config; the rate comes from metrics.jsonl windows."""
     from antdiff.training.monitor import MetricsLog
@@ -145,20 +185,20 @@ def antdiff_run(cfg: Any, warmup: int) -> dict[str, Any]:
 
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    train(cfg, log=None)
+    result = train(cfg, log=_say)  # its messages (e.g. a stop request) land in this log
     wall = time.perf_counter() - t0
-    lines = [r for r in MetricsLog.read(Path(cfg.run.dir) / "metrics.jsonl") if "eval" not in r]
-    # windows that start after the warm-up steps; it_per_s excludes logging/checkpoint time
-    steady = [r for r in lines if r["step"] - r["window"] >= warmup]
-    steps = sum(r["window"] for r in steady)
-    secs = sum(r["window"] / r["it_per_s"] for r in steady)
+    lines = list(MetricsLog.read(Path(cfg.run.dir) / "metrics.jsonl"))
+    rate = steady_rate(
+        lines,
+        warmup,
+        cfg.optim.batch_size,
+        stopped_at=result.step,
+        interrupted=result.interrupted,
+    )
     return {
-        "it_per_s": steps / secs,
-        "img_per_s": steps * cfg.optim.batch_size / secs,
-        "steps_measured": steps,
+        **rate,
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
         "wall_s": wall,
-        "last_loss": lines[-1]["loss"],
     }
 
 
@@ -246,11 +286,14 @@ def main() -> None:
         cfg = load_config(ROOT / "configs" / PRESETS[name], [*common, *extra])
         _say(f"antdiff {name}: {steps} steps")
         results[name] = antdiff_run(cfg, args.warmup)
-        _say(f"{name}: {results[name]['it_per_s']:.2f} it/s")
+        r = results[name]
+        _say(
+            f"{name}: {r['it_per_s']:.2f} it/s" if r["it_per_s"] else f"{name}: {r['why_no_rate']}"
+        )
     shutil.rmtree(root, ignore_errors=True)
     base = results["plain"]["it_per_s"] if "plain" in results else None
     for r in results.values():
-        r["ratio_to_plain"] = r["it_per_s"] / base if base else None  # JSON has no NaN
+        r["ratio_to_plain"] = r["it_per_s"] / base if base and r["it_per_s"] else None  # no NaN
     import diffusers
 
     info = {
@@ -274,7 +317,7 @@ def main() -> None:
     print(f"{'variant':<12}{'it/s':>9}{'img/s':>10}{'vs plain':>10}{'peak GiB':>10}")
     for name, r in results.items():
         print(
-            f"{name:<12}{r['it_per_s']:>9.2f}{r['img_per_s']:>10.0f}"
+            f"{name:<12}{r['it_per_s'] or float('nan'):>9.2f}{r['img_per_s'] or float('nan'):>10.0f}"
             f"{r['ratio_to_plain'] or float('nan'):>10.3f}{r['peak_mem_gib']:>10.2f}"
         )
     out = Path(args.out)

@@ -1,0 +1,58 @@
+"""benchmarks/train_throughput.py: the steady-state rate from a run's metrics log."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+
+
+def _module():
+    """benchmarks/train_throughput.py loaded from its file (benchmarks/ is no package)."""
+    if "train_throughput" in sys.modules:
+        return sys.modules["train_throughput"]
+    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_throughput"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _line(step: int, window: int, it_per_s: float, time: float) -> dict:
+    return {"step": step, "window": window, "it_per_s": it_per_s, "time": time, "loss": 0.1}
+
+
+def test_rate_counts_only_windows_after_the_warmup_and_weights_them_by_length():
+    tp = _module()
+    lines = [
+        _line(25, 25, 0.5, 50.0),  # compilation: excluded
+        _line(50, 25, 5.0, 55.0),  # starts at step 25 < warmup 50: excluded
+        _line(75, 25, 10.0, 57.5),
+        {"step": 75, "eval": {"fid": 40.0}},  # evaluation lines are not windows
+        _line(125, 50, 5.0, 67.5),
+    ]
+    rate = tp.steady_rate(lines, 50, 128, stopped_at=125, interrupted=False)
+    # 75 steps in 2.5 s + 10 s
+    assert rate["it_per_s"] == pytest.approx(75 / 12.5)
+    assert rate["img_per_s"] == pytest.approx(75 / 12.5 * 128)
+    assert rate["steps_measured"] == 75
+    assert rate["first_window_end"] == {"step": 25, "time_s": 50.0}
+    assert "why_no_rate" not in rate
+
+
+def test_a_run_stopped_before_the_warmup_ended_says_so_instead_of_dividing_by_zero():
+    """Slice 12's probe: a `timeout` stopped split + CUDA graphs before its warm-up ended."""
+    tp = _module()
+    lines = [_line(25, 25, 0.2, 125.0), _line(50, 25, 0.3, 208.0)]
+    rate = tp.steady_rate(lines, 150, 128, stopped_at=61, interrupted=True)
+    assert rate["it_per_s"] is None and rate["steps_measured"] == 0
+    assert rate["first_window_end"] == {"step": 25, "time_s": 125.0}
+    assert "stopped at step 61" in rate["why_no_rate"]
+    assert "interrupted" in rate["why_no_rate"] and "150-step warm-up" in rate["why_no_rate"]
+    empty = tp.steady_rate([], 150, 128, stopped_at=0, interrupted=True)
+    assert empty["first_window_end"] is None and empty["last_loss"] is None
