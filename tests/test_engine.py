@@ -146,6 +146,43 @@ def test_all_modes_give_the_same_update(kind, method):
     assert r_ref.counts.tolist() == [3, 0, 2, 4]
 
 
+@pytest.mark.parametrize("kind", ["unet", "dit"])
+@pytest.mark.parametrize("method", ["pcgrad", "nash"])
+def test_padded_split_calls_one_width_and_gives_the_same_update(kind, method):
+    """pad_split: every present cluster's sub-batch is padded to the step's largest (4 here, for
+    counts 3, 0, 2, 4) so that a compiled model sees one batch size; the padding rows never
+    reach a loss, so the update is the unpadded one to float rounding."""
+    model = MODELS[kind][0]()
+    batch, closure_for = make_problem(kind, shuffle=True)
+    r_ref = ClusterGradientEngine(model, make_balancer(method, K), mode="split").step(
+        closure_for(model), batch
+    )
+    ref = flat_grad(model)
+    model = MODELS[kind][0]()
+    inner = closure_for(model)
+    widths: list[int] = []
+
+    def compute_losses(index):
+        widths.append(index.numel())
+        return inner(index)
+
+    engine = ClusterGradientEngine(model, make_balancer(method, K), mode="split", pad_split=True)
+    result = engine.step(compute_losses, batch)
+    assert widths == [4, 4, 4]  # cluster 1 is absent
+    g = flat_grad(model)
+    assert float(ref.norm()) > 0 and rel(g, ref) <= 1e-5, rel(g, ref)
+    assert result.counts.tolist() == [3, 0, 2, 4]
+    torch.testing.assert_close(result.cluster_losses, r_ref.cluster_losses, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        expected = inner(torch.arange(batch.batch_size)).float()
+    torch.testing.assert_close(result.sample_losses, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_pad_split_is_refused_outside_split_mode():
+    with pytest.raises(ValueError, match=r"pad_split pads the sub-batches of mode='split'.*vmap"):
+        ClusterGradientEngine(tiny_unet(), make_balancer("pcgrad", K), mode="vmap", pad_split=True)
+
+
 @pytest.mark.parametrize(
     ("method", "mode"),
     [("uw", "auto"), ("pcgrad", "split"), ("pcgrad", "vmap"), ("pcgrad", "retain_graph"),

@@ -230,6 +230,37 @@ def test_compile_mode_reaches_torch_compile(tmp_path: Path, monkeypatch) -> None
         tiny(tmp_path / "bad", "train.compile=true", "train.compile_mode=fast")
 
 
+def test_pad_split_gives_the_split_engine_one_width_and_the_same_training(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """``ant.pad_split``: batch 10 over k = 4 stratified clusters is 2 or 3 samples a cluster;
+    padded, every model call of the split engine sees 3 (the step's largest), and training
+    follows the unpadded run to float rounding. Refused with an engine that is not split."""
+    from antdiff.mtl.engine import ClusterGradientEngine
+
+    widths: list[int] = []
+    call = ClusterGradientEngine._call
+
+    def spy(compute_losses, index, need_grad=True):
+        widths.append(index.numel())
+        return call(compute_losses, index, need_grad)
+
+    monkeypatch.setattr(ClusterGradientEngine, "_call", staticmethod(spy))
+    ant = ["ant.enabled=true", "ant.balancer=pcgrad", "ant.engine=split", "ant.k=4"]
+    states = {}
+    for pad in ("false", "true"):
+        widths.clear()
+        run = tmp_path / pad
+        train(tiny(run, "train.steps=2", *ant, f"ant.pad_split={pad}"), log=None)
+        states[pad] = state_of(run)["model"]
+        assert len(widths) == 8  # two steps of four clusters
+        assert set(widths) == ({3} if pad == "true" else {2, 3}), widths
+    for name, value in states["false"].items():
+        torch.testing.assert_close(states["true"][name], value, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="ant.pad_split.*ant.engine is 'vmap'"):
+        tiny(tmp_path / "bad", *ant[:2], "ant.engine=vmap", "ant.pad_split=true")
+
+
 def test_refuses_to_clobber_or_resume_an_incompatible_run(tmp_path: Path) -> None:
     run = tmp_path / "run"
     train(tiny(run, "train.steps=2"), log=None)

@@ -10,7 +10,11 @@ depend on *disjoint sub-batches*, which this engine exploits:
     forward + backward of each cluster's sub-batch separately. Total work ≈ one ordinary step
     (smaller kernels), activation memory ÷ k, plus a k×P float32 gradient buffer. Exact because
     diffusion networks normalise per sample (GroupNorm/LayerNorm); BatchNorm would couple the
-    samples of a batch, so it is refused.
+    samples of a batch, so it is refused. With ``pad_split=True`` every sub-batch is padded to
+    the step's largest (copies of its first sample, left out of the loss), so that a compiled
+    model — and CUDA graphs — see one batch size: under stratified sampling ⌈B/k⌉ for the whole
+    run (B = 128, k = 5: five calls of 26 instead of 25 or 26 in a random order), for < k extra
+    samples of work.
 ``vmap``
     the same sub-batch gradients in *one* batched pass: ``torch.func.vmap`` over the clusters of
     ``torch.func.grad`` of each cluster's loss sum (sub-batches padded to the largest at weight 0).
@@ -128,6 +132,7 @@ class ClusterGradientEngine:
         mode: str = "auto",
         scaler: Any | None = None,
         process_group: Any | None = None,
+        pad_split: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -148,6 +153,12 @@ class ClusterGradientEngine:
             process_group = model.process_group
         self.process_group = process_group
         self.mode = self._resolve_mode(mode)
+        if pad_split and self.mode != "split":
+            raise ValueError(
+                f"pad_split pads the sub-batches of mode='split'; this engine runs "
+                f"mode={self.mode!r} (vmap pads by itself). Drop pad_split or use mode='split'"
+            )
+        self.pad_split = pad_split
         self._buffer: _GradBuffer | None = None
 
     # ------------------------------------------------------------------ configuration
@@ -348,6 +359,7 @@ class ClusterGradientEngine:
                     touched[:] = [True] * len(params)
                 elif mode == "split":
                     order = torch.argsort(ids, stable=True)
+                    width = max(counts) if self.pad_split else 0
                     start = 0
                     for i in range(k):
                         n = counts[i]
@@ -356,7 +368,11 @@ class ClusterGradientEngine:
                         index = order[start : start + n]
                         start += n
                         gb.bind(params, i)
-                        per_i = self._call(compute_losses, index).float()
+                        if n < width:  # padding rows are computed, never summed: zero gradient
+                            padded = torch.cat([index, index[:1].expand(width - n)])
+                            per_i = self._call(compute_losses, padded).float()[:n]
+                        else:
+                            per_i = self._call(compute_losses, index).float()
                         sample.index_copy_(0, index, per_i.detach().to(sample.device))
                         s = per_i.sum()
                         buf[i, size] = s.detach()

@@ -180,6 +180,12 @@ class AntConfig:
         "split (one forward+backward per cluster sub-batch), vmap (the same in one batched "
         "pass), gramian, retain_graph (official); auto = split unless the model has BatchNorm.",
     )
+    pad_split: bool = _f(
+        False,
+        "engine split: pad every cluster's sub-batch to the step's largest (copies left out of "
+        "the loss), so that a compiled model / CUDA graphs see one batch size (stratified "
+        "sampling: ceil(B/k) for the whole run); costs fewer than k extra samples per step.",
+    )
 
 
 @dataclass
@@ -355,6 +361,12 @@ class Config:
                 )
         if a.k > T:
             raise ConfigError("ant.k", f"cannot exceed T = {T}, got {a.k}")
+        if a.pad_split and a.engine not in ("split", "auto"):
+            raise ConfigError(
+                "ant.pad_split",
+                f"pads the sub-batches of ant.engine=split; ant.engine is {a.engine!r} (vmap pads "
+                "by itself). Set ant.pad_split=false or ant.engine=split",
+            )
         if a.max_size is not None and a.max_size < a.min_size:
             raise ConfigError("ant.max_size", f"must be >= ant.min_size = {a.min_size}")
         if a.cost == "affinity" and a.clusters is None and a.affinity is None:

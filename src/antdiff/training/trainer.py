@@ -332,7 +332,12 @@ def _train(
         from ..mtl import ClusterGradientEngine
 
         engine = ClusterGradientEngine(
-            fwd, balancer, mode=cfg.ant.engine, scaler=scaler, process_group=ctx.process_group
+            fwd,
+            balancer,
+            mode=cfg.ant.engine,
+            scaler=scaler,
+            process_group=ctx.process_group,
+            pad_split=cfg.ant.pad_split,
         )
     workers = cfg.data.num_workers
     loader = iter(
