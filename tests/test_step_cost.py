@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,19 +10,13 @@ from pathlib import Path
 import pytest
 from torch.nn.attention import SDPBackend
 
+from _bench import load_benchmark
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_cost.py"
 
 
 def _module():
-    """benchmarks/step_cost.py loaded from its file (benchmarks/ is no package)."""
-    if "step_cost" in sys.modules:
-        return sys.modules["step_cost"]
-    spec = importlib.util.spec_from_file_location("step_cost", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["step_cost"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("step_cost")
 
 
 def test_sdpa_backends_maps_names_in_order_and_names_the_known_ones_on_error():

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+from _bench import load_benchmark
 
 
 def _module():
-    """benchmarks/train_throughput.py loaded from its file (benchmarks/ is no package)."""
-    if "train_throughput" in sys.modules:
-        return sys.modules["train_throughput"]
-    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_throughput"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("train_throughput")
 
 
 def _line(step: int, window: int, it_per_s: float, time: float) -> dict:
