@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..clustering import TaskClusters
+from ..sampling import TimestepSampler
 
 __all__ = ["TrainingLog", "adam_step_scale", "read_training_log"]
 
@@ -106,10 +107,15 @@ class TrainingLog:
         (the trainer's bin of t is ``t·N // T``), T from the run's clusters or config (1000
         when neither says); empty for a run that logged no bins."""
         nb = self.bin_losses.shape[1] if self.bin_losses.ndim == 2 else 0
-        diffusion = self.config.get("diffusion", {}) if isinstance(self.config, dict) else {}
-        T = self.clusters.num_timesteps if self.clusters is not None else None
-        T = int(T or diffusion.get("num_timesteps") or 1000)
+        T = self._num_timesteps()
         return [(b * T // nb, (b + 1) * T // nb - 1) for b in range(nb)]
+
+    def _num_timesteps(self) -> int:
+        """T from the run's clusters or config (1000 when neither says)."""
+        if self.clusters is not None:
+            return int(self.clusters.num_timesteps)
+        diffusion = self.config.get("diffusion", {}) if isinstance(self.config, dict) else {}
+        return int(diffusion.get("num_timesteps") or 1000)
 
     def timestep_probabilities(self) -> np.ndarray | None:
         """p(t), the probability that one training sample is timestep t (``[T]``), from the
@@ -118,15 +124,12 @@ class TrainingLog:
         (:meth:`antdiff.sampling.TimestepSampler.probabilities`); ``None`` when an ANT run's
         clusters are unknown."""
         ant = self.config.get("ant", {}) if isinstance(self.config, dict) else {}
-        T = self.clusters.num_timesteps if self.clusters is not None else None
         if not ant.get("enabled") or ant.get("sampling", "stratified") != "stratified":
-            diffusion = self.config.get("diffusion", {}) if isinstance(self.config, dict) else {}
-            T = int(T or diffusion.get("num_timesteps") or 1000)
+            T = self._num_timesteps()
             return np.full(T, 1.0 / T)
         if self.clusters is None:
             return None
-        widths = np.asarray(self.clusters.widths, dtype=np.float64)
-        return np.repeat(1.0 / (len(widths) * widths), self.clusters.widths)
+        return TimestepSampler(self.clusters, "stratified").probabilities().numpy()
 
     def uneven_bins(self) -> np.ndarray:
         """Boolean ``[N]``: the bins of ``bin_losses`` that are plain sample means over an uneven
