@@ -44,3 +44,18 @@ def test_a_run_stopped_before_the_warmup_ended_says_so_instead_of_dividing_by_ze
     assert "interrupted" in rate["why_no_rate"] and "150-step warm-up" in rate["why_no_rate"]
     empty = tp.steady_rate([], 150, 128, stopped_at=0, interrupted=True)
     assert empty["first_window_end"] is None and empty["last_loss"] is None
+
+
+def test_peak_memory_is_the_largest_window_not_what_followed_the_trainers_last_reset():
+    """The trainer resets CUDA's peak at every log window; the run's peak is the largest window's
+    (or the tail's, when larger). Evaluation lines are not training."""
+    tp = _module()
+    lines = [
+        {**_line(25, 25, 1.0, 10.0), "peak_mem_gib": 17.8},
+        {**_line(50, 25, 4.0, 16.0), "peak_mem_gib": 17.6},
+        {"step": 50, "eval": {"fid": 40.0}, "eval_peak_mem_gib": 30.0},
+        _line(75, 25, 4.0, 22.0),  # a CPU or older log without the field
+    ]
+    assert tp.training_peak(lines, 1.44) == 17.8
+    assert tp.training_peak(lines, 20.0) == 20.0
+    assert tp.training_peak([], 1.44) == 1.44
