@@ -230,12 +230,15 @@ def test_compile_mode_reaches_torch_compile(tmp_path: Path, monkeypatch) -> None
         tiny(tmp_path / "bad", "train.compile=true", "train.compile_mode=fast")
 
 
+@pytest.mark.parametrize("loss", [[], ["diffusion.learned_variance=true"]], ids=["eps", "hybrid"])
 def test_pad_split_gives_the_split_engine_one_width_and_the_same_training(
-    tmp_path: Path, monkeypatch
+    tmp_path: Path, monkeypatch, loss: list[str]
 ) -> None:
     """``ant.pad_split``: batch 10 over k = 4 stratified clusters is 2 or 3 samples a cluster;
     padded, every model call of the split engine sees 3 (the step's largest), and training
-    follows the unpadded run to float rounding. Refused with an engine that is not split."""
+    follows the unpadded run to float rounding, with ε-MSE and with the hybrid learned-σ loss
+    (whose L_vlb term must leave the padding copies out too). Refused with an engine that is
+    not split."""
     from antdiff.mtl.engine import ClusterGradientEngine
 
     widths: list[int] = []
@@ -246,7 +249,7 @@ def test_pad_split_gives_the_split_engine_one_width_and_the_same_training(
         return call(compute_losses, index, need_grad)
 
     monkeypatch.setattr(ClusterGradientEngine, "_call", staticmethod(spy))
-    ant = ["ant.enabled=true", "ant.balancer=pcgrad", "ant.engine=split", "ant.k=4"]
+    ant = ["ant.enabled=true", "ant.balancer=pcgrad", "ant.engine=split", "ant.k=4", *loss]
     states = {}
     for pad in ("false", "true"):
         widths.clear()
