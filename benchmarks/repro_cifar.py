@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "cifar10"
 
 LOSSES = {"eps": [], "hybrid": ["diffusion.learned_variance=true"]}
+COSTS = ("timestep", "snr", "logsnr", "affinity")  # the clustering costs of the ANT cells
 METHODS = {
     "vanilla": ("vanilla.yaml", []),
     "p2": ("p2.yaml", []),
@@ -54,7 +55,7 @@ METHODS = {
             # engine's vmap mode — the same update as split (tested), several times faster.
             [f"ant.cost={cost}", *(["ant.engine=vmap"] if bal != "uw" else [])],
         )
-        for cost in ("timestep", "snr", "logsnr", "affinity")
+        for cost in COSTS
         for bal in ("uw", "nash", "pcgrad")
     },
     "timestep-uw+p2": (
@@ -62,6 +63,20 @@ METHODS = {
         ["diffusion.weighting=p2", "diffusion.weighting_params={gamma: 1.0, k: 1.0}"],
     ),
 }
+#: Protocol change 8: Phase 2's hybrid PCGrad cells (none run before it) compute the same
+#: per-cluster gradients with the split engine, every sub-batch padded to one width, under CUDA
+#: graphs — 8.32 it/s against vmap's 3.90 alone on an H100 (slice 13's probe), the same loss to
+#: 4 digits after 350 steps of one seed. The ε-MSE PCGrad cells keep vmap (change 7), so no
+#: cell mixes engines across its seeds.
+PCGRAD_SPLIT_GRAPHS = ["ant.engine=split", "ant.pad_split=true", "train.compile_mode=reduce-overhead"]
+
+
+def phase2_overrides(method: str, loss: str) -> list[str]:
+    """The method's overrides in Phase 2 for ``loss`` (protocol change 8 for hybrid PCGrad)."""
+    extra = METHODS[method][1]
+    if loss == "hybrid" and method.endswith("-pcgrad"):
+        return [o for o in extra if o != "ant.engine=vmap"] + PCGRAD_SPLIT_GRAPHS
+    return list(extra)
 
 
 # Diagnostics: not protocol cells, each a protocol run with one setting changed to test a reading
@@ -85,6 +100,12 @@ PHASE2_DIAGNOSTICS = {
     # construction is not stated (digest §10.3): t ~ U with per-cluster means of variable size
     # asks whether that choice, not SNR clustering itself, makes the cell fail.
     "diag-tuniform-snr-uw": ("snr-uw", ["ant.sampling=uniform"]),
+    # Slice 13: timestep × PCGrad (seed 0) is 2.7 below vanilla's seed 0 at 5k with vanilla's
+    # loss per cluster and vanilla's Adam start-up, as Phase 1's one PCGrad run was (3.3). Its
+    # batches are stratified (B/k per cluster) where vanilla draws t ~ U: the ANT timestep cell
+    # with plain averaging over clusters asks whether the batch construction, not PCGrad's
+    # projection, gives that lead.
+    "diag-stratified-mean": ("timestep-uw", ["ant.balancer=mean"]),
 }
 PHASE2_DIAGNOSTIC_SEEDS = (0,)
 
@@ -111,7 +132,8 @@ def grid(slice_name: str, loss: str) -> dict[str, tuple[str, list[str]]]:
                         [*extra, *changed, *LOSSES[lo], f"run.seed={s}"],
                     )
     elif slice_name == "phase2":
-        for method, (preset, extra) in METHODS.items():
+        for method, (preset, _) in METHODS.items():
+            extra = phase2_overrides(method, loss)
             for s in (0, 1):
                 runs[f"{method}-{loss}-s{s}"] = (preset, [*extra, *LOSSES[loss], f"run.seed={s}"])
         for name, (method, changed) in PHASE2_DIAGNOSTICS.items():

@@ -73,10 +73,10 @@ def test_grid_lists_the_protocol():
         check=True,
     ).stdout
     assert "logsnr-pcgrad-eps-s1" in out2 and "timestep-uw+p2-eps-s0" in out2
-    # Phase 2's diagnostic: ANT-UW with SNR clusters and t ~ U instead of B/k per cluster
+    # Phase 2's diagnostics: SNR × UW with t ~ U; the stratified timestep batch, plain mean
     by_name2 = {line.split()[0]: line.split()[1:] for line in out2.splitlines()}
     diag2 = sorted(n for n in by_name2 if n.startswith("diag-"))
-    assert diag2 == ["diag-tuniform-snr-uw-eps-s0"]
+    assert diag2 == ["diag-stratified-mean-eps-s0", "diag-tuniform-snr-uw-eps-s0"]
     preset, *sets = by_name2["diag-tuniform-snr-uw-eps-s0"]
     assert preset == by_name2["snr-uw-eps-s0"][0]
     assert sorted(sets) == sorted(["ant.sampling=uniform", *by_name2["snr-uw-eps-s0"][1:]])
@@ -88,6 +88,58 @@ def test_grid_lists_the_protocol():
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+def test_engine_of_each_balancer_cell_follows_protocol_changes_7_and_8(tmp_path):
+    """Nash and PCGrad take their per-cluster gradients from vmap (change 7), except Phase 2's
+    hybrid PCGrad cells: split, padded to one width, under CUDA graphs (change 8). Each listed
+    run's config loads as the driver builds it, so a session cannot meet a refused combination
+    on the device; UW and the reference cells name no engine."""
+    from antdiff.training.config import load_config
+
+    repro = _driver_module()
+    matrix = ROOT / "benchmarks/results/repro/phase2_affinity/affinity-vanilla-hybrid-mean.npy"
+    vmap, graphs = ("vmap", False, "default"), ("split", True, "reduce-overhead")
+    expected = {
+        ("phase1", "timestep-pcgrad-hybrid-s0"): vmap,
+        ("phase1", "timestep-nash-eps-s0"): vmap,
+        ("phase2", "affinity-pcgrad-eps-s1"): vmap,
+        ("phase2", "timestep-nash-hybrid-s0"): vmap,
+        **{("phase2", f"{c}-pcgrad-hybrid-s{s}"): graphs for c in repro.COSTS for s in (0, 1)},
+    }
+    for (slice_name, run), want in expected.items():
+        loss = run.split("-")[-2]
+        preset, overrides = repro.grid(slice_name, loss)[run]
+        cfg = load_config(
+            repro.CONFIGS / preset,
+            [f"run.dir={tmp_path / run}", "data.spec=digits", f"ant.affinity={matrix}", *overrides],
+        )
+        assert (cfg.ant.engine, cfg.ant.pad_split, cfg.train.compile_mode) == want, run
+    for loss in repro.LOSSES:
+        for run, (_, overrides) in repro.grid("phase2", loss).items():
+            if "-nash-" not in run and "-pcgrad-" not in run:
+                assert not any(o.startswith("ant.engine") for o in overrides), run
+
+
+def test_phase2_diagnostics_change_one_setting_of_a_protocol_cell(tmp_path):
+    """Each Phase-2 diagnostic is its protocol cell with the named setting changed (seed 0):
+    t ~ U for SNR × UW; plain averaging over the stratified timestep clusters (the batch of every
+    ANT timestep cell without a balancer)."""
+    from antdiff.training.config import load_config
+
+    repro = _driver_module()
+    for loss in repro.LOSSES:
+        runs = repro.grid("phase2", loss)
+        diags = sorted(r for r in runs if r.startswith("diag-"))
+        assert diags == [f"diag-stratified-mean-{loss}-s0", f"diag-tuniform-snr-uw-{loss}-s0"]
+        preset, overrides = runs[f"diag-stratified-mean-{loss}-s0"]
+        cell_preset, cell = runs[f"timestep-uw-{loss}-s0"]
+        assert preset == cell_preset and sorted(overrides) == sorted(["ant.balancer=mean", *cell])
+        cfg = load_config(
+            repro.CONFIGS / preset, [f"run.dir={tmp_path / loss}", "data.spec=digits", *overrides]
+        )
+        assert (cfg.ant.enabled, cfg.ant.balancer, cfg.ant.cost) == (True, "mean", "timestep")
+        assert cfg.ant.sampling == "stratified"
+
+
 def test_smoke_slice_trains_evaluates_and_writes_results(tmp_path):
     from antdiff.data import load_images_uint8
     from antdiff.evaluation import InceptionFeatures, compute_reference_stats
