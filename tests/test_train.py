@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +229,29 @@ def test_compile_mode_reaches_torch_compile(tmp_path: Path, monkeypatch) -> None
     assert len(seen) == 2  # without train.compile the mode does nothing
     with pytest.raises(ConfigError, match="must be one of 'default', 'reduce-overhead'"):
         tiny(tmp_path / "bad", "train.compile=true", "train.compile_mode=fast")
+
+
+def test_compiled_split_engine_with_changing_sub_batch_sizes_warns_to_pad(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A compiled model under the split engine recompiles for every sub-batch size: the trainer
+    says so, and names ant.pad_split, when the sizes can change (batch 10 over k = 4, or t ~ U) —
+    not when padded, not when B/k is whole under stratified sampling, not for loss balancers."""
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: model)
+    pcgrad = ["ant.enabled=true", "ant.balancer=pcgrad", "ant.engine=split", "train.compile=true"]
+    cases = {
+        "uneven": ([*pcgrad, "ant.k=4"], True),
+        "uniform_t": ([*pcgrad, "ant.k=5", "ant.sampling=uniform"], True),
+        "padded": ([*pcgrad, "ant.k=4", "ant.pad_split=true"], False),
+        "whole": ([*pcgrad, "ant.k=5"], False),  # 10 over 5 stratified: always 2
+        "uw": (["ant.enabled=true", "ant.balancer=uw", "ant.k=4", "train.compile=true"], False),
+    }
+    for name, (extra, warns) in cases.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train(tiny(tmp_path / name, "train.steps=1", *extra), log=None)
+        said = [w for w in caught if "ant.pad_split=true" in str(w.message)]
+        assert bool(said) == warns, (name, [str(w.message) for w in caught])
 
 
 @pytest.mark.parametrize("loss", [[], ["diffusion.learned_variance=true"]], ids=["eps", "hybrid"])
