@@ -87,7 +87,6 @@ def test_grid_lists_the_protocol():
         assert ("ant.engine=vmap" in row) == gradient_balancer, row
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
 def test_engine_of_each_balancer_cell_follows_protocol_changes_7_and_8(tmp_path):
     """Nash and PCGrad take their per-cluster gradients from vmap (change 7), except Phase 2's
     hybrid PCGrad cells: split, padded to one width, under CUDA graphs (change 8). Each listed
@@ -140,6 +139,7 @@ def test_phase2_diagnostics_change_one_setting_of_a_protocol_cell(tmp_path):
         assert cfg.ant.sampling == "stratified"
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
 def test_smoke_slice_trains_evaluates_and_writes_results(tmp_path):
     from antdiff.data import load_images_uint8
     from antdiff.evaluation import InceptionFeatures, compute_reference_stats
