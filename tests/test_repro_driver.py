@@ -10,18 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from _bench import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "benchmarks" / "repro_cifar.py"
 
 
 def _driver_module():
     """benchmarks/repro_cifar.py as a module (benchmarks/ is no package)."""
-    sys.path.insert(0, str(DRIVER.parent))
-    try:
-        import repro_cifar
-    finally:
-        sys.path.pop(0)
-    return repro_cifar
+    return load_benchmark("repro_cifar")
 
 
 def _table(out: Path, *folders: Path) -> subprocess.CompletedProcess[str]:
