@@ -611,6 +611,26 @@ def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and
     assert (out / "cluster_loss_ratio.png").stat().st_size > 1000
 
 
+def test_cluster_loss_ratio_figure_names_the_colours_in_a_panel_without_seed_0(tmp_path):
+    import warnings
+
+    repro_cifar = _driver_module()
+    ratios = {
+        "uw-eps-s0": {"steps": [100, 200], "ratio": [[1.0, 1.0], [1.1, 0.8]]},
+        "uw-eps-s1": {"steps": [100, 200], "ratio": [[1.0, 1.0], [1.2, 0.7]]},
+        # a cell compared in its second seed only (its seed 0 has other clusters than vanilla's)
+        "affinity-uw-eps-s1": {
+            "steps": [100, 200],
+            "ratio": [[1.0, 1.0, 1.0], [0.9, 1.0, 0.5]],
+            "over": "bins",
+        },
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns when a legend has nothing to name
+        path = repro_cifar._plot_cluster_loss_ratios(ratios, tmp_path / "ratio.png")
+    assert path.stat().st_size > 1000
+
+
 def test_table_adds_o1_per_affinity_matrix_with_decay_conflicts_and_agreement(tmp_path):
     from antdiff.analysis.affinity import TaskAffinity, TimestepBins
 
@@ -848,6 +868,38 @@ def test_table_lays_each_step_out_like_the_papers_table_1_and_counts_cells_beati
     ) and eps_line.endswith("— snr-nash")
     # the hybrid loss has no ANT cell at this step: no count
     assert not any(x.startswith("- hybrid:") for x in layout.splitlines())
+
+
+def test_table_counts_cells_below_vanilla_seed_by_seed(tmp_path):
+    # a mean can lead on one seed's large gap while the other seed is behind vanilla's
+    src = tmp_path / "results"
+    src.mkdir()
+
+    def result(run, seed, fid):
+        pts = [{"step": 5000, "n": 10000, "fid": fid, "precision": 0.6, "recall": 0.3}]
+        (src / f"phase2-{run}.json").write_text(
+            json.dumps({"run": run, "seed": seed, "curve": pts})
+        )
+
+    result("vanilla-eps-s0", 0, 44.0)
+    result("vanilla-eps-s1", 1, 42.0)
+    result("logsnr-pcgrad-eps-s0", 0, 45.0)  # behind in seed 0 ...
+    result("logsnr-pcgrad-eps-s1", 1, 38.0)  # ... far ahead in seed 1: mean 41.5 < 43.0
+    result("snr-nash-eps-s0", 0, 41.0)  # ahead by 3.0 in its one seed
+    result("timestep-nash-eps-s0", 0, 43.5)  # ahead by 0.5 ...
+    result("timestep-nash-eps-s1", 1, 40.0)  # ... and by 2.0
+    result("affinity-uw-eps-s2", 2, 30.0)  # a seed vanilla lacks: not paired
+    proc = _table(tmp_path / "t", src)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    layout = (tmp_path / "t" / "table.md").read_text().split("#### Table-1 layout")[1]
+    mean_line = next(x for x in layout.splitlines() if x.startswith("- ε-MSE:"))
+    assert mean_line.startswith("- ε-MSE: 4 of the 4 ANT cells measured here have a lower mean")
+    seed_line = next(x for x in layout.splitlines() if x.startswith("- ε-MSE, seed by seed:"))
+    assert seed_line == (
+        "- ε-MSE, seed by seed: 2 of the 3 ANT cells with a seed of vanilla's are below "
+        "vanilla's FID of the same seed in every seed both have — snr-nash (1 seed, smallest "
+        "margin 3.00), timestep-nash (2 seeds, smallest margin 0.50)"
+    )
 
 
 def test_optimizer_view_pairs_the_norm_fall_with_the_first_evaluation(tmp_path):
