@@ -367,6 +367,90 @@ def _method_of(run: str) -> str:
     return head if sep and tail.isdigit() else run
 
 
+def vanilla_contrasts(
+    fids: dict[str, list[float]], loss: str, band: float = 1.5
+) -> dict[str, Any] | None:
+    """Each cell's FID difference from ``vanilla-<loss>`` at one step, against the spread between
+    seeds, or None without vanilla or without a cell to pool.
+
+    The seeds' variance is pooled over the protocol cells of the loss (vanilla included,
+    diagnostics not) that have ≥ 2 seeds and a mean within a factor ``band`` of vanilla's,
+    s² = Σ_c Σ_i (x_ci − x̄_c)² / Σ_c (n_c − 1); a cell's difference of means Δ = x̄_c − x̄_v has
+    the standard error s·√(1/n_c + 1/n_v), and |Δ/se| above Student's t at Σ_c (n_c − 1) degrees
+    of freedom (two-sided 5%) is beyond the seeds' spread. The band keeps collapsed cells out:
+    their seeds differ by tens of points, a regime of its own, and would swamp the yardstick
+    of the cells compared with vanilla; ``sd_all`` pools every cell with ≥ 2 seeds beside it.
+    """
+    from scipy.stats import t as student_t
+
+    ref = fids.get(f"vanilla-{loss}")
+    if not ref:
+        return None
+    mine = {c: x for c, x in fids.items() if c.endswith(f"-{loss}") and x}
+    ref_mean = float(np.mean(ref))
+
+    def pooled(cells: list[str]) -> tuple[float, int]:
+        ss = sum(float(np.sum((np.asarray(mine[c]) - np.mean(mine[c])) ** 2)) for c in cells)
+        df = sum(len(mine[c]) - 1 for c in cells)
+        return (float(np.sqrt(ss / df)) if df else float("nan")), df
+
+    multi = [c for c in sorted(mine) if len(mine[c]) > 1 and not c.startswith("diag-")]
+    pool = [c for c in multi if ref_mean / band <= np.mean(mine[c]) <= ref_mean * band]
+    sd, df = pooled(pool)
+    if not df:
+        return None
+    crit = float(student_t.ppf(0.975, df))
+    rows = {}
+    for c in sorted(mine, key=lambda c: np.mean(mine[c])):
+        if c == f"vanilla-{loss}":
+            continue
+        diff = float(np.mean(mine[c])) - ref_mean
+        se = sd * float(np.sqrt(1 / len(mine[c]) + 1 / len(ref)))
+        rows[c] = {"seeds": len(mine[c]), "diff": diff, "se": se, "t": diff / se,
+                   "beyond": abs(diff / se) > crit}  # fmt: skip
+    return {
+        "vanilla": ref_mean, "band": band, "pooled_cells": pool,
+        "left_out": [c for c in multi if c not in pool], "sd": sd, "df": df,
+        "sd_all": pooled(multi)[0], "t_crit": crit, "cells": rows,
+    }  # fmt: skip
+
+
+def _contrast_lines(contrasts: dict[str, dict[str, Any]], step: int) -> list[str]:
+    """Markdown of :func:`vanilla_contrasts` per loss at one step."""
+    names = {"eps": "ε-MSE", "hybrid": "hybrid"}
+    lines = []
+    for lo, c in contrasts.items():
+        two = c["t_crit"] * c["sd"]  # the threshold for two two-seed means: t · s · √(1/2 + 1/2)
+        lines += [
+            "",
+            f"#### {names[lo]}: differences from vanilla against the seeds' spread, {step} iterations",
+            "",
+            f"Seeds' standard deviation pooled over the {len(c['pooled_cells'])} cells with ≥ 2 "
+            f"seeds whose mean FID lies within a factor {c['band']} of vanilla's {c['vanilla']:.1f}: "
+            f"s = {c['sd']:.2f} ({c['df']} degrees of freedom; every cell with ≥ 2 seeds pooled: "
+            f"{c['sd_all']:.2f}"
+            + (f", left out here: {', '.join(c['left_out'])}" if c["left_out"] else "")
+            + f"). Two two-seed means differ beyond the seeds' spread (two-sided 5%, t = "
+            f"{c['t_crit']:.2f}) when |Δ| > {two:.1f}.",
+            "",
+            *_md_table(
+                ["cell", "seeds", "Δ FID vs vanilla", "se", "t", "beyond the seeds' spread"],
+                [
+                    [
+                        cell,
+                        str(r["seeds"]),
+                        f"{r['diff']:+.1f}",
+                        f"{r['se']:.2f}",
+                        f"{r['t']:+.2f}",
+                        "yes" if r["beyond"] else "no",
+                    ]
+                    for cell, r in c["cells"].items()
+                ],
+            ),  # fmt: skip
+        ]
+    return lines
+
+
 def convergence(curves: dict[str, dict[int, float]]) -> dict[str, dict[str, Any]]:
     """Every cell against the vanilla cell of its loss (``vanilla-<loss>``, the name's last part),
     on FIDs averaged over seeds, at evaluated steps only:
@@ -1365,6 +1449,7 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
     table: dict[str, Any] = {}
+    contrasts: dict[str, dict[str, Any]] = {}
     for step in sorted({st for cell in rows.values() for st in cell}):
         cells = {c: v[step] for c, v in rows.items() if step in v}
         means = {c: {k: float(np.mean(x)) for k, x in v.items()} for c, v in cells.items()}
@@ -1416,6 +1501,11 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                 + "; ".join(f"{c} {', '.join(map(str, v))}" for c, v in marked.items()),
             ]
         lines += _paper_layout_lines(rows, from_ntg, step, fid_by_seed)
+        step_fids = {c: v.get("fid", []) for c, v in cells.items()}
+        found = {lo: r for lo in LOSSES if (r := vanilla_contrasts(step_fids, lo)) is not None}
+        if found:
+            contrasts[str(step)] = found
+            lines += _contrast_lines(found, step)
         lines.append("")
     if rows:
         lines.append(
@@ -1548,6 +1638,7 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                 "steps": meta,
                 "cells": table,
                 "convergence": conv,
+                "vanilla_contrasts": contrasts,
                 "cluster_loss_ratio": ratios,
                 "cluster_loss_ratio_left_out": ratios_left_out,
                 "optimizer": view,

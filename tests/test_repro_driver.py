@@ -900,6 +900,41 @@ def test_table_counts_cells_below_vanilla_seed_by_seed(tmp_path):
         "vanilla's FID of the same seed in every seed both have — snr-nash (1 seed, smallest "
         "margin 3.00), timestep-nash (2 seeds, smallest margin 0.50)"
     )
+    # the same step's differences from vanilla against the seeds' spread, in both files
+    saved = json.loads((tmp_path / "t" / "table.json").read_text())["vanilla_contrasts"]
+    assert saved["5000"]["eps"]["pooled_cells"] == [
+        "logsnr-pcgrad-eps", "timestep-nash-eps", "vanilla-eps"
+    ]  # fmt: skip
+    assert "#### ε-MSE: differences from vanilla against the seeds' spread" in layout
+
+
+def test_vanilla_contrasts_pool_the_seeds_spread_of_cells_near_vanilla():
+    repro_cifar = _driver_module()
+    fids = {
+        "vanilla-eps": [40.0, 42.0],
+        "a-eps": [30.0, 31.0],
+        "b-eps": [41.0, 45.0],
+        "c-eps": [200.0, 260.0],  # collapsed: outside the band, not pooled
+        "diag-x-eps": [35.0],  # one seed, compared but never pooled
+        "d-hybrid": [10.0, 90.0],  # another loss
+    }
+    got = repro_cifar.vanilla_contrasts(fids, "eps")
+    assert got["pooled_cells"] == ["a-eps", "b-eps", "vanilla-eps"]
+    assert got["left_out"] == ["c-eps"] and got["df"] == 3
+    # s² = ((1 + 1) + (0.25 + 0.25) + (4 + 4)) / 3
+    assert got["sd"] == pytest.approx(np.sqrt(10.5 / 3))
+    assert got["sd_all"] == pytest.approx(np.sqrt((10.5 + 1800) / 4))
+    assert got["t_crit"] == pytest.approx(3.182, abs=1e-3)  # Student's t, 3 df, two-sided 5%
+    a, b, diag = got["cells"]["a-eps"], got["cells"]["b-eps"], got["cells"]["diag-x-eps"]
+    assert a["diff"] == pytest.approx(-10.5) and a["se"] == pytest.approx(np.sqrt(3.5))
+    assert a["beyond"] and not b["beyond"]  # t = -5.61 and +1.07
+    assert diag["se"] == pytest.approx(np.sqrt(3.5) * np.sqrt(1.5)) and not diag["beyond"]
+    assert "vanilla-eps" not in got["cells"] and "d-hybrid" not in got["cells"]
+    assert repro_cifar.vanilla_contrasts(fids, "hybrid") is None  # no vanilla to compare with
+    lines = "\n".join(repro_cifar._contrast_lines({"eps": got}, 5000))
+    assert "s = 1.87 (3 degrees of freedom; every cell with ≥ 2 seeds pooled: 21.27" in lines
+    assert "when |Δ| > 6.0." in lines  # 3.182 · 1.87
+    assert "| a-eps | 2 | -10.5 | 1.87 | -5.61 | yes |" in lines
 
 
 def test_optimizer_view_pairs_the_norm_fall_with_the_first_evaluation(tmp_path):
