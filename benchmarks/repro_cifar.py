@@ -367,52 +367,48 @@ def _method_of(run: str) -> str:
     return head if sep and tail.isdigit() else run
 
 
-def vanilla_contrasts(
-    fids: dict[str, list[float]], loss: str, band: float = 1.5
-) -> dict[str, Any] | None:
-    """Each cell's FID difference from ``vanilla-<loss>`` at one step, against the spread between
-    seeds, or None without vanilla or without a cell to pool.
+def vanilla_contrasts(fids: dict[str, list[float]], loss: str) -> dict[str, Any] | None:
+    """Each cell's FID against ``vanilla-<loss>``'s at one step, measured against the spread
+    between seeds; None without vanilla or without a cell of ≥ 2 seeds.
 
-    The seeds' variance is pooled over the protocol cells of the loss (vanilla included,
-    diagnostics not) that have ≥ 2 seeds and a mean within a factor ``band`` of vanilla's,
-    s² = Σ_c Σ_i (x_ci − x̄_c)² / Σ_c (n_c − 1); a cell's difference of means Δ = x̄_c − x̄_v has
-    the standard error s·√(1/n_c + 1/n_v), and |Δ/se| above Student's t at Σ_c (n_c − 1) degrees
-    of freedom (two-sided 5%) is beyond the seeds' spread. The band keeps collapsed cells out:
-    their seeds differ by tens of points, a regime of its own, and would swamp the yardstick
-    of the cells compared with vanilla; ``sd_all`` pools every cell with ≥ 2 seeds beside it.
+    FID's spread between seeds grows with its level (collapsed cells' seeds differ by tens of
+    points, those near vanilla's by one to three), so the comparison is on log FID, i.e. relative:
+    the variance is pooled over every protocol cell of the loss with ≥ 2 seeds (vanilla included,
+    diagnostics not), s² = Σ_c Σ_i (y_ci − ȳ_c)² / Σ_c (n_c − 1) with y = ln FID; a cell's
+    difference d = ȳ_c − ȳ_v (its FID ratio to vanilla's is e^d) has the standard error
+    s·√(1/n_c + 1/n_v), and |d/se| above Student's t at Σ_c (n_c − 1) degrees of freedom
+    (two-sided 5%) is beyond the seeds' spread.
     """
     from scipy.stats import t as student_t
 
-    ref = fids.get(f"vanilla-{loss}")
-    if not ref:
+    if not fids.get(f"vanilla-{loss}"):
         return None
-    mine = {c: x for c, x in fids.items() if c.endswith(f"-{loss}") and x}
-    ref_mean = float(np.mean(ref))
-
-    def pooled(cells: list[str]) -> tuple[float, int]:
-        ss = sum(float(np.sum((np.asarray(mine[c]) - np.mean(mine[c])) ** 2)) for c in cells)
-        df = sum(len(mine[c]) - 1 for c in cells)
-        return (float(np.sqrt(ss / df)) if df else float("nan")), df
-
-    multi = [c for c in sorted(mine) if len(mine[c]) > 1 and not c.startswith("diag-")]
-    pool = [c for c in multi if ref_mean / band <= np.mean(mine[c]) <= ref_mean * band]
-    sd, df = pooled(pool)
+    logs = {
+        c: np.log(np.asarray(x, dtype=float))
+        for c, x in fids.items()
+        if c.endswith(f"-{loss}") and x
+    }
+    pool = [c for c in sorted(logs) if len(logs[c]) > 1 and not c.startswith("diag-")]
+    df = sum(len(logs[c]) - 1 for c in pool)
     if not df:
         return None
+    sd = float(np.sqrt(sum(float(np.sum((logs[c] - logs[c].mean()) ** 2)) for c in pool) / df))
     crit = float(student_t.ppf(0.975, df))
-    rows = {}
-    for c in sorted(mine, key=lambda c: np.mean(mine[c])):
+    ref = logs[f"vanilla-{loss}"]
+    cells = {}
+    for c in sorted(logs, key=lambda c: logs[c].mean()):
         if c == f"vanilla-{loss}":
             continue
-        diff = float(np.mean(mine[c])) - ref_mean
-        se = sd * float(np.sqrt(1 / len(mine[c]) + 1 / len(ref)))
-        rows[c] = {"seeds": len(mine[c]), "diff": diff, "se": se, "t": diff / se,
-                   "beyond": abs(diff / se) > crit}  # fmt: skip
-    return {
-        "vanilla": ref_mean, "band": band, "pooled_cells": pool,
-        "left_out": [c for c in multi if c not in pool], "sd": sd, "df": df,
-        "sd_all": pooled(multi)[0], "t_crit": crit, "cells": rows,
-    }  # fmt: skip
+        d = float(logs[c].mean() - ref.mean())
+        se = sd * float(np.sqrt(1 / len(logs[c]) + 1 / len(ref)))
+        cells[c] = {
+            "seeds": len(logs[c]),
+            "fid_diff": float(np.mean(fids[c]) - np.mean(fids[f"vanilla-{loss}"])),
+            "ratio": float(np.exp(d)),
+            "t": d / se,
+            "beyond": abs(d / se) > crit,
+        }
+    return {"pooled_cells": pool, "sd_log": sd, "df": df, "t_crit": crit, "cells": cells}
 
 
 def _contrast_lines(contrasts: dict[str, dict[str, Any]], step: int) -> list[str]:
@@ -420,27 +416,34 @@ def _contrast_lines(contrasts: dict[str, dict[str, Any]], step: int) -> list[str
     names = {"eps": "ε-MSE", "hybrid": "hybrid"}
     lines = []
     for lo, c in contrasts.items():
-        two = c["t_crit"] * c["sd"]  # the threshold for two two-seed means: t · s · √(1/2 + 1/2)
+        # the smallest ratio of two two-seed geometric means beyond the spread: e^(t·s·√(1/2 + 1/2))
+        edge = float(np.exp(c["t_crit"] * c["sd_log"]))
         lines += [
             "",
             f"#### {names[lo]}: differences from vanilla against the seeds' spread, {step} iterations",
             "",
-            f"Seeds' standard deviation pooled over the {len(c['pooled_cells'])} cells with ≥ 2 "
-            f"seeds whose mean FID lies within a factor {c['band']} of vanilla's {c['vanilla']:.1f}: "
-            f"s = {c['sd']:.2f} ({c['df']} degrees of freedom; every cell with ≥ 2 seeds pooled: "
-            f"{c['sd_all']:.2f}"
-            + (f", left out here: {', '.join(c['left_out'])}" if c["left_out"] else "")
-            + f"). Two two-seed means differ beyond the seeds' spread (two-sided 5%, t = "
-            f"{c['t_crit']:.2f}) when |Δ| > {two:.1f}.",
+            f"Standard deviation of ln FID between seeds, pooled over the {len(c['pooled_cells'])} "
+            f"cells with ≥ 2 seeds: {c['sd_log']:.4f} ({c['df']} degrees of freedom), i.e. "
+            f"{100 * (np.exp(c['sd_log']) - 1):.1f}% of FID. A cell of two seeds differs from "
+            f"vanilla's two beyond the seeds' spread (two-sided 5%, t = {c['t_crit']:.2f}) when "
+            f"their FIDs' geometric means differ by more than a factor {edge:.3f} "
+            f"({100 * (edge - 1):.1f}%).",
             "",
             *_md_table(
-                ["cell", "seeds", "Δ FID vs vanilla", "se", "t", "beyond the seeds' spread"],
+                [
+                    "cell",
+                    "seeds",
+                    "Δ FID (means)",
+                    "FID ratio (geometric means)",
+                    "t",
+                    "beyond the seeds' spread",
+                ],
                 [
                     [
                         cell,
                         str(r["seeds"]),
-                        f"{r['diff']:+.1f}",
-                        f"{r['se']:.2f}",
+                        f"{r['fid_diff']:+.1f}",
+                        f"{r['ratio']:.3f}",
                         f"{r['t']:+.2f}",
                         "yes" if r["beyond"] else "no",
                     ]

@@ -908,33 +908,35 @@ def test_table_counts_cells_below_vanilla_seed_by_seed(tmp_path):
     assert "#### ε-MSE: differences from vanilla against the seeds' spread" in layout
 
 
-def test_vanilla_contrasts_pool_the_seeds_spread_of_cells_near_vanilla():
+def test_vanilla_contrasts_pool_the_seeds_spread_of_log_fid():
     repro_cifar = _driver_module()
+    e = np.exp
     fids = {
-        "vanilla-eps": [40.0, 42.0],
-        "a-eps": [30.0, 31.0],
-        "b-eps": [41.0, 45.0],
-        "c-eps": [200.0, 260.0],  # collapsed: outside the band, not pooled
-        "diag-x-eps": [35.0],  # one seed, compared but never pooled
+        "vanilla-eps": [e(3.7), e(3.9)],
+        "a-eps": [e(3.3), e(3.4)],
+        "b-eps": [e(3.75), e(3.95)],
+        "c-eps": [e(5.2), e(5.3)],  # a collapsed cell: pooled too, on the log scale
+        "diag-x-eps": [e(3.5)],  # one seed: compared, never pooled
         "d-hybrid": [10.0, 90.0],  # another loss
     }
     got = repro_cifar.vanilla_contrasts(fids, "eps")
-    assert got["pooled_cells"] == ["a-eps", "b-eps", "vanilla-eps"]
-    assert got["left_out"] == ["c-eps"] and got["df"] == 3
-    # s² = ((1 + 1) + (0.25 + 0.25) + (4 + 4)) / 3
-    assert got["sd"] == pytest.approx(np.sqrt(10.5 / 3))
-    assert got["sd_all"] == pytest.approx(np.sqrt((10.5 + 1800) / 4))
-    assert got["t_crit"] == pytest.approx(3.182, abs=1e-3)  # Student's t, 3 df, two-sided 5%
+    assert got["pooled_cells"] == ["a-eps", "b-eps", "c-eps", "vanilla-eps"] and got["df"] == 4
+    # squared deviations from each cell's mean of ln FID: 0.0025·2, 0.01·2, 0.0025·2, 0.01·2
+    assert got["sd_log"] == pytest.approx(np.sqrt((0.005 + 0.02 + 0.005 + 0.02) / 4))
+    assert got["t_crit"] == pytest.approx(2.776, abs=1e-3)  # Student's t, 4 df, two-sided 5%
     a, b, diag = got["cells"]["a-eps"], got["cells"]["b-eps"], got["cells"]["diag-x-eps"]
-    assert a["diff"] == pytest.approx(-10.5) and a["se"] == pytest.approx(np.sqrt(3.5))
-    assert a["beyond"] and not b["beyond"]  # t = -5.61 and +1.07
-    assert diag["se"] == pytest.approx(np.sqrt(3.5) * np.sqrt(1.5)) and not diag["beyond"]
+    sd = np.sqrt(0.05 / 4)
+    assert a["ratio"] == pytest.approx(e(-0.45)) and a["t"] == pytest.approx(-0.45 / sd)
+    assert a["fid_diff"] == pytest.approx(np.mean([e(3.3), e(3.4)]) - np.mean([e(3.7), e(3.9)]))
+    assert a["beyond"] and not b["beyond"]  # t = -4.02 and +0.45
+    assert diag["t"] == pytest.approx(-0.3 / (sd * np.sqrt(1.5))) and not diag["beyond"]  # -2.19
+    assert list(got["cells"]) == ["a-eps", "diag-x-eps", "b-eps", "c-eps"]  # by mean ln FID
     assert "vanilla-eps" not in got["cells"] and "d-hybrid" not in got["cells"]
     assert repro_cifar.vanilla_contrasts(fids, "hybrid") is None  # no vanilla to compare with
     lines = "\n".join(repro_cifar._contrast_lines({"eps": got}, 5000))
-    assert "s = 1.87 (3 degrees of freedom; every cell with ≥ 2 seeds pooled: 21.27" in lines
-    assert "when |Δ| > 6.0." in lines  # 3.182 · 1.87
-    assert "| a-eps | 2 | -10.5 | 1.87 | -5.61 | yes |" in lines
+    assert "pooled over the 4 cells with ≥ 2 seeds: 0.1118 (4 degrees of freedom)" in lines
+    assert f"differ by more than a factor {np.exp(2.7764 * sd):.3f}" in lines
+    assert f"| a-eps | 2 | {a['fid_diff']:+.1f} | 0.638 | {a['t']:+.2f} | yes |" in lines
 
 
 def test_optimizer_view_pairs_the_norm_fall_with_the_first_evaluation(tmp_path):
