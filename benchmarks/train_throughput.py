@@ -142,7 +142,8 @@ def steady_rate(
     lines: list[dict[str, Any]], warmup: int, batch: int, *, stopped_at: int, interrupted: bool
 ) -> dict[str, Any]:
     """The rate over the log windows that start after ``warmup`` steps (it/s excludes logging
-    and checkpoint time), with when the first window ended (start-up and compilation).
+    and checkpoint time), with when the first window ended (start-up and compilation) and every
+    window's end and rate (``windows``: when a start-up phase, e.g. CUDA-graph recording, ends).
 
     A run that stopped before any such window (a ``timeout`` sends SIGTERM: the trainer
     checkpoints and returns) gets ``it_per_s`` None and the reason, not a division by zero: the
@@ -158,6 +159,9 @@ def steady_rate(
             {"step": first["step"], "time_s": first["time"]} if first is not None else None
         ),
         "last_loss": train_lines[-1]["loss"] if train_lines else None,
+        "windows": [
+            {"step": r["step"], "time_s": r["time"], "it_per_s": r["it_per_s"]} for r in train_lines
+        ],
     }
     if not steady:
         out.update(

@@ -30,6 +30,7 @@ def test_rate_counts_only_windows_after_the_warmup_and_weights_them_by_length():
     assert rate["img_per_s"] == pytest.approx(75 / 12.5 * 128)
     assert rate["steps_measured"] == 75
     assert rate["first_window_end"] == {"step": 25, "time_s": 50.0}
+    assert [w["step"] for w in rate["windows"]] == [25, 50, 75, 125]  # not the evaluation line
     assert "why_no_rate" not in rate
 
 
@@ -40,6 +41,11 @@ def test_a_run_stopped_before_the_warmup_ended_says_so_instead_of_dividing_by_ze
     rate = tp.steady_rate(lines, 150, 128, stopped_at=61, interrupted=True)
     assert rate["it_per_s"] is None and rate["steps_measured"] == 0
     assert rate["first_window_end"] == {"step": 25, "time_s": 125.0}
+    # every window it logged, so the start-up's course is known even without a rate
+    assert rate["windows"] == [
+        {"step": 25, "time_s": 125.0, "it_per_s": 0.2},
+        {"step": 50, "time_s": 208.0, "it_per_s": 0.3},
+    ]
     assert "stopped at step 61" in rate["why_no_rate"]
     assert "interrupted" in rate["why_no_rate"] and "150-step warm-up" in rate["why_no_rate"]
     empty = tp.steady_rate([], 150, 128, stopped_at=0, interrupted=True)
