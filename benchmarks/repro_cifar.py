@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "cifar10"
 
 LOSSES = {"eps": [], "hybrid": ["diffusion.learned_variance=true"]}
+LOSS_NAMES = {"eps": "ε-MSE", "hybrid": "hybrid"}  # as the tables name the losses
 COSTS = ("timestep", "snr", "logsnr", "affinity")  # the clustering costs of the ANT cells
 METHODS = {
     "vanilla": ("vanilla.yaml", []),
@@ -413,7 +414,7 @@ def vanilla_contrasts(fids: dict[str, list[float]], loss: str) -> dict[str, Any]
 
 def _contrast_lines(contrasts: dict[str, dict[str, Any]], step: int) -> list[str]:
     """Markdown of :func:`vanilla_contrasts` per loss at one step."""
-    names = {"eps": "ε-MSE", "hybrid": "hybrid"}
+    names = LOSS_NAMES
     lines = []
     for lo, c in contrasts.items():
         # the smallest ratio of two two-seed geometric means beyond the spread: e^(t·s·√(1/2 + 1/2))
@@ -1069,7 +1070,7 @@ def _paper_layout_lines(
                 mark = " †" if key == "fid" and step in from_ntg.get(f"{m}-{lo}", {}) else ""
                 shown.append(f"{txt}{mark} ({len(x)})" if key == "fid" else txt)
         table_rows.append(shown)
-    names = {"eps": "ε-MSE", "hybrid": "hybrid"}
+    names = LOSS_NAMES
     head = ["clustering", "method"] + [
         f"{names[lo]} {h}" for lo in losses for h in ("FID ↓ (seeds)", "P ↑", "R ↑")
     ]
