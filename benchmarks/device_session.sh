@@ -63,7 +63,10 @@
 #   STAGE_ONLY  1: only add CARRY_DIR's files to DEV_DIR and stop (seconds). When the working tree
 #               and the whole carry exceed a call's 64 MiB, `SPLIT=1 prepare_carry.sh` makes two
 #               folders: a first call `STAGE_ONLY=1 CARRY_DIR=.carry/gpu-part1` (Inception and
-#               packages), then the session's calls with CARRY_DIR=.carry/gpu-part2 (the data)
+#               packages), then the session's calls with CARRY_DIR=.carry/gpu-part2 (the data).
+#               When even part 1 no longer fits beside the tree, `SPLIT=2` cuts the Inception in
+#               two pieces: staging calls with .carry/gpu-part1a, then -part1b (the second piece),
+#               then CARRY_DIR=.carry/gpu-part2; the pieces are joined once both are staged
 #   DEV_DIR     where runs, results and logs live (/tmp/antdiff_device_session)
 #   BUNDLE_TAG  a word in the bundle's name ($OUT/session_<tag>-<stamp>.tar.gz). Two slices in one
 #               session (e.g. Phase 1 on two cards, Phase 2 on the other two) are two instances
@@ -190,18 +193,53 @@ else
             --target "$D/site" "$w" || exit 1
     done
     export PYTHONPATH=$D/site:$PWD/src
+    # The Inception may come whole or in pieces over several staging calls (prepare_carry.sh
+    # SPLIT=2: inception_fp16.pt.xz.piece<i>of<n>); the pieces wait in $D until all n are there.
+    for f in "$C"/inception_fp16.pt.xz.piece*of*; do
+        [ -f "$f" ] && [ ! -f "$D/inception_fp16.pt" ] && { cp "$f" "$D/" || exit 1; }
+    done
+    pieces_missing=""
     if [ ! -f "$D/inception_fp16.pt" ] && [ -f "$C/inception_fp16.pt.xz" ]; then
         xz -dc "$C/inception_fp16.pt.xz" >"$D/inception_fp16.pt.part" &&
             mv "$D/inception_fp16.pt.part" "$D/inception_fp16.pt"
+    elif [ ! -f "$D/inception_fp16.pt" ] && compgen -G "$D/inception_fp16.pt.xz.piece*of*" >/dev/null; then
+        first=$(compgen -G "$D/inception_fp16.pt.xz.piece*of*" | head -1)
+        n=${first##*of}
+        case $n in '' | 0 | *[!0-9]*)
+            echo "$first: not a piece name inception_fp16.pt.xz.piece<i>of<n> (prepare_carry.sh SPLIT=2)" >&2
+            exit 1
+            ;;
+        esac
+        ordered=()
+        for i in $(seq 1 "$n"); do
+            if [ -f "$D/inception_fp16.pt.xz.piece${i}of$n" ]; then
+                ordered+=("$D/inception_fp16.pt.xz.piece${i}of$n")
+            else
+                pieces_missing+=" $i"
+            fi
+        done
+        if [ -z "$pieces_missing" ]; then # xz's own check refuses a wrong or partial stream
+            cat "${ordered[@]}" | xz -dc >"$D/inception_fp16.pt.part" &&
+                mv "$D/inception_fp16.pt.part" "$D/inception_fp16.pt" && rm -f "${ordered[@]}" || {
+                rm -f "$D/inception_fp16.pt.part"
+                echo "the Inception's $n pieces in $D do not decompress: rebuild them (prepare_carry.sh SPLIT=2) and stage them again" >&2
+                exit 1
+            }
+        else
+            pieces_missing="piece(s)$pieces_missing of $n"
+        fi
     fi
     [ -f "$D/cifar10-train-jpeg.tar.xz" ] || cp "$C/cifar10-train-jpeg.tar.xz" "$D/" 2>/dev/null
-    if [ -n "$STAGE_ONLY" ]; then # a carry too large for one call, in two (prepare_carry.sh SPLIT=1)
+    if [ -n "$STAGE_ONLY" ]; then # a carry too large for one call (prepare_carry.sh SPLIT=1 or 2)
         say "staged in $D:$(for f in inception_fp16.pt cifar10-train-jpeg.tar.xz site.tar.xz; do
-            [ -f "$D/$f" ] && printf ' %s' "$f"; done); nothing else done"
+            [ -f "$D/$f" ] && printf ' %s' "$f"; done)${pieces_missing:+; the Inception still lacks $pieces_missing}; nothing else done"
         exit 0
     fi
     for f in "$D/inception_fp16.pt" "$D/cifar10-train-jpeg.tar.xz"; do
-        [ -f "$f" ] || { echo "missing $f: carry it in $C (see the header)" >&2; exit 1; }
+        [ -f "$f" ] || {
+            echo "missing $f: carry it in $C (see the header)${pieces_missing:+; the Inception lacks $pieces_missing: stage it with STAGE_ONLY=1}" >&2
+            exit 1
+        }
     done
     INCEPTION=$D/inception_fp16.pt
     DATA=$D/cifar10-train-jpeg.tar.xz

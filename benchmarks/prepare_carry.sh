@@ -14,11 +14,15 @@
 #   WITH_NASH=0 bash benchmarks/prepare_carry.sh                 no cvxpy: .carry/gpu-nonash
 #
 #   SPLIT=1 bash benchmarks/prepare_carry.sh                    two folders, <carry>-part1 and -part2
+#   SPLIT=2 bash benchmarks/prepare_carry.sh                    three: -part1a, -part1b, -part2
 #
 # SPLIT=1 also hard-links the carry into two folders for a working tree too large to travel
 # beside the whole carry: <carry>-part1 (Inception and packages, ~40 MB) for a first call with
 # STAGE_ONLY=1, which only stages them on the device machine, and <carry>-part2 (the data,
 # 15 MB) for the session's calls; device_session.sh keeps staged files between warm calls.
+# SPLIT=2 cuts the Inception in two pieces (~19 MB each) for a tree too large even for part 1:
+# <carry>-part1a (piece 1 and the packages) and <carry>-part1b (piece 2), each staged by its own
+# STAGE_ONLY=1 call (device_session.sh joins them once both are there), then <carry>-part2.
 # WITH_NASH=0 builds a second folder without NashMTL's solver, 1.6 MB smaller, for slices
 # without Nash runs (device_session.sh refuses Nash runs when cvxpy does not import); carry it
 # with CARRY_DIR=.carry/gpu-nonash. CARRY_OUT=DIR names the folder explicitly. Both share the
@@ -93,17 +97,36 @@ tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -
 limit=$((64 * 1048576))
 mib() { awk -v b="$1" 'BEGIN {printf "%.1f MiB", b / 1048576}'; }
 echo "$CARRY: $(mib "$carry"); working tree: $(mib "$tree"); left of the 64 MiB: $(mib $((limit - carry - tree)))"
-if [ "${SPLIT:-0}" = 1 ]; then
-    rm -rf "$CARRY-part1" "$CARRY-part2" && mkdir -p "$CARRY-part1" "$CARRY-part2"
-    ln "$CARRY/inception_fp16.pt.xz" "$CARRY/site.tar.xz" "$CARRY-part1/"
-    ln "$CARRY/cifar10-train-jpeg.tar.xz" "$CARRY-part2/"
-    for part in "$CARRY-part1" "$CARRY-part2"; do
+fits() { # FOLDER...: each fits beside the working tree in one call
+    local part size
+    for part in "$@"; do
         size=$(du -cb "$part"/* | tail -1 | cut -f1)
         echo "$part: $(mib "$size"); left of the 64 MiB beside the tree: $(mib $((limit - size - tree)))"
         [ $((size + tree)) -lt $limit ] || { echo "error: $part does not fit beside the working tree" >&2 && exit 1; }
     done
+}
+case ${SPLIT:-0} in
+0) ;;
+1)
+    rm -rf "$CARRY-part1" "$CARRY-part2" && mkdir -p "$CARRY-part1" "$CARRY-part2"
+    ln "$CARRY/inception_fp16.pt.xz" "$CARRY/site.tar.xz" "$CARRY-part1/"
+    ln "$CARRY/cifar10-train-jpeg.tar.xz" "$CARRY-part2/"
+    fits "$CARRY-part1" "$CARRY-part2"
     echo "first call: STAGE_ONLY=1 CARRY_DIR=$CARRY-part1 (carry $CARRY-part1); then CARRY_DIR=$CARRY-part2"
-elif [ $((carry + tree)) -ge $limit ]; then
-    echo "error: together $(mib $((carry + tree))), over a device call's 64 MiB: split the carry over two calls (SPLIT=1), move large untracked files out of the tree, or carry without cvxpy (WITH_NASH=0) when no Nash run is planned" >&2
+    ;;
+2) # the Inception in two pieces over two staging calls; device_session.sh joins them
+    rm -rf "$CARRY-part1a" "$CARRY-part1b" "$CARRY-part2" && mkdir -p "$CARRY-part1a" "$CARRY-part1b" "$CARRY-part2"
+    split -n 2 -d -a 1 "$CARRY/inception_fp16.pt.xz" "$CARRY-part1a/piece"
+    mv "$CARRY-part1a/piece0" "$CARRY-part1a/inception_fp16.pt.xz.piece1of2"
+    mv "$CARRY-part1a/piece1" "$CARRY-part1b/inception_fp16.pt.xz.piece2of2"
+    ln "$CARRY/site.tar.xz" "$CARRY-part1a/"
+    ln "$CARRY/cifar10-train-jpeg.tar.xz" "$CARRY-part2/"
+    fits "$CARRY-part1a" "$CARRY-part1b" "$CARRY-part2"
+    echo "staging calls: STAGE_ONLY=1 CARRY_DIR=$CARRY-part1a (carry $CARRY-part1a), then the same with $CARRY-part1b; then CARRY_DIR=$CARRY-part2"
+    ;;
+*) echo "SPLIT=$SPLIT: 0 (one folder), 1 (two: part1, part2) or 2 (three: part1a, part1b, part2)" >&2 && exit 2 ;;
+esac
+if [ "${SPLIT:-0}" = 0 ] && [ $((carry + tree)) -ge $limit ]; then
+    echo "error: together $(mib $((carry + tree))), over a device call's 64 MiB: split the carry over two or three calls (SPLIT=1 or 2), move large untracked files out of the tree, or carry without cvxpy (WITH_NASH=0) when no Nash run is planned" >&2
     exit 1
 fi

@@ -326,3 +326,62 @@ def test_a_carry_split_over_two_calls_is_staged_and_kept_for_the_next(tmp_path: 
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
     assert "inception_fp16.pt cifar10-train-jpeg.tar.xz site.tar.xz" in second.stdout
     assert (dev / "inception_fp16.pt").read_bytes() == payload  # the first call's files kept
+
+
+def test_an_inception_in_pieces_is_joined_once_every_piece_is_staged(tmp_path: Path) -> None:
+    """SPLIT=2 (prepare_carry.sh): the xz stream of the Inception comes in two pieces over two
+    staging calls; the first call keeps its piece and says which is missing, a run refuses to
+    start without the whole, and the second call joins them into the original bytes."""
+    import lzma
+
+    payload = os.urandom(8192)  # stands in for the fp16 Inception
+    stream = lzma.compress(payload)
+    half = len(stream) // 2
+    part1a, part1b, part2 = tmp_path / "part1a", tmp_path / "part1b", tmp_path / "part2"
+    for part in (part1a, part1b, part2):
+        part.mkdir()
+    (part1a / "inception_fp16.pt.xz.piece1of2").write_bytes(stream[:half])
+    (part1b / "inception_fp16.pt.xz.piece2of2").write_bytes(stream[half:])
+    (part2 / "cifar10-train-jpeg.tar.xz").write_bytes(b"data")
+    env = {**_smoke_env(tmp_path), "STAGE_ONLY": "1", "RUN_GROUPS": "vanilla-eps-s0"}
+    del env["SMOKE"]  # the device path: carried files, not the CPU stand-ins
+    dev = tmp_path / "dev"
+
+    first = _session({**env, "CARRY_DIR": str(part1a)}, timeout=120)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert "the Inception still lacks piece(s) 2 of 2" in first.stdout
+    assert not (dev / "inception_fp16.pt").exists()
+    assert (dev / "inception_fp16.pt.xz.piece1of2").read_bytes() == stream[:half]
+
+    no_stage = {k: v for k, v in env.items() if k != "STAGE_ONLY"}
+    early = _session({**no_stage, "CARRY_DIR": str(part2)}, timeout=120)
+    assert early.returncode == 1
+    assert "the Inception lacks piece(s) 2 of 2: stage it with STAGE_ONLY=1" in early.stderr
+    assert not (dev / "repro").exists()  # nothing trained
+
+    second = _session({**env, "CARRY_DIR": str(part1b)}, timeout=120)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    assert "the Inception still lacks" not in second.stdout
+    assert (dev / "inception_fp16.pt").read_bytes() == payload
+    assert not list(dev.glob("inception_fp16.pt.xz.piece*"))  # joined, pieces removed
+
+
+def test_pieces_that_do_not_make_the_stream_are_refused_and_left_out(tmp_path: Path) -> None:
+    """Two pieces staged in the wrong files (swapped halves) fail xz's own check: the call says
+    so and leaves no partial Inception behind for a later run to load."""
+    import lzma
+
+    stream = lzma.compress(os.urandom(8192))
+    half = len(stream) // 2
+    carry = tmp_path / "carry"
+    carry.mkdir()
+    (carry / "inception_fp16.pt.xz.piece1of2").write_bytes(stream[half:])
+    (carry / "inception_fp16.pt.xz.piece2of2").write_bytes(stream[:half])
+    env = {**_smoke_env(tmp_path), "STAGE_ONLY": "1", "RUN_GROUPS": "vanilla-eps-s0"}
+    del env["SMOKE"]
+    proc = _session({**env, "CARRY_DIR": str(carry)}, timeout=120)
+    assert proc.returncode == 1
+    assert "pieces" in proc.stderr and "do not decompress" in proc.stderr
+    dev = tmp_path / "dev"
+    assert not (dev / "inception_fp16.pt").exists()
+    assert not (dev / "inception_fp16.pt.part").exists()
