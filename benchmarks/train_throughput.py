@@ -219,6 +219,25 @@ def training_peak(lines: list[dict[str, Any]], since_last_window: float) -> floa
     return max([since_last_window, *windows])
 
 
+def format_table(info: dict) -> str:
+    """The printed summary: one line per variant; a dash where nothing was measured (no plain
+    baseline with --skip-plain, no window past the warm-up) instead of "nan"."""
+
+    def cell(value: float | None, width: int, fmt: str) -> str:
+        return f"{value:>{width}{fmt}}" if value else f"{'—':>{width}}"
+
+    lines = [
+        f"\n{info['card']}, batch {info['batch']}, {info['precision']}, torch {info['torch']}",
+        f"{'variant':<12}{'it/s':>9}{'img/s':>10}{'vs plain':>10}{'peak GiB':>10}",
+    ]
+    for name, r in info["results"].items():
+        lines.append(
+            f"{name:<12}{cell(r['it_per_s'], 9, '.2f')}{cell(r['img_per_s'], 10, '.0f')}"
+            f"{cell(r['ratio_to_plain'], 10, '.3f')}{r['peak_mem_gib']:>10.2f}"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="CIFAR-10 training images (archive or folder)")
@@ -330,13 +349,7 @@ def main() -> None:
         "warmup_steps": args.warmup,
         "results": results,
     }
-    print(f"\n{info['card']}, batch {info['batch']}, {info['precision']}, torch {info['torch']}")
-    print(f"{'variant':<12}{'it/s':>9}{'img/s':>10}{'vs plain':>10}{'peak GiB':>10}")
-    for name, r in results.items():
-        print(
-            f"{name:<12}{r['it_per_s'] or float('nan'):>9.2f}{r['img_per_s'] or float('nan'):>10.0f}"
-            f"{r['ratio_to_plain'] or float('nan'):>10.3f}{r['peak_mem_gib']:>10.2f}"
-        )
+    print(format_table(info))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = f"train_throughput{'_' + args.tag if args.tag else ''}.json"

@@ -65,3 +65,25 @@ def test_peak_memory_is_the_largest_window_not_what_followed_the_trainers_last_r
     assert tp.training_peak(lines, 1.44) == 17.8
     assert tp.training_peak(lines, 20.0) == 20.0
     assert tp.training_peak([], 1.44) == 1.44
+
+
+def test_the_summary_prints_a_dash_where_nothing_was_measured_not_nan():
+    """--skip-plain leaves no baseline (ratio None) and a run stopped in its warm-up has no rate:
+    both print as a dash; measured numbers print as numbers."""
+    info = {
+        "card": "NVIDIA H100 80GB HBM3", "batch": 128, "precision": "bf16", "torch": "2.11",
+        "results": {
+            "ant_pcgrad": {"it_per_s": 6.8, "img_per_s": 870.0, "ratio_to_plain": None,
+                           "peak_mem_gib": 1.635},
+            "ant_uw": {"it_per_s": None, "img_per_s": None, "ratio_to_plain": None,
+                       "peak_mem_gib": 1.5},
+            "plain": {"it_per_s": 9.0, "img_per_s": 1152.0, "ratio_to_plain": 1.0,
+                      "peak_mem_gib": 1.4},
+        },
+    }  # fmt: skip
+    text = _module().format_table(info)
+    assert "nan" not in text
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines()[2:]}
+    assert rows["ant_pcgrad"] == ["6.80", "870", "—", "1.64"]
+    assert rows["ant_uw"] == ["—", "—", "—", "1.50"]
+    assert rows["plain"] == ["9.00", "1152", "1.000", "1.40"]
