@@ -97,7 +97,8 @@ DIAGNOSTICS = {
 #: a second seed says whether that is more than one seed's luck).
 DIAGNOSTIC_SEEDS = (0, 1)
 
-# Phase-2 diagnostics (listed with the Phase-2 grid of either loss, seed 0 only).
+# Phase-2 diagnostics (listed with the Phase-2 grid of either loss unless
+# PHASE2_DIAGNOSTIC_LOSSES names some, seed 0 only).
 PHASE2_DIAGNOSTICS = {
     # Slice 10: with raw-SNR clusters ([0, 0], [1, 1], [2, 4], [5, 17], [18, 999]) stratified
     # sampling (B/k per cluster, the protocol's and the official code's) puts 80% of every batch
@@ -111,8 +112,15 @@ PHASE2_DIAGNOSTICS = {
     # with plain averaging over clusters asks whether the batch construction, not PCGrad's
     # projection, gives that lead.
     "diag-stratified-mean": ("timestep-uw", ["ant.balancer=mean"]),
+    # Slice 15: ANT-UW + P2 with the hybrid loss (192.5, seed 0) is far behind its ε-MSE cell
+    # (111.7). P2 weights only the MSE term by default, so the unweighted λ·L_vlb term lifts the
+    # cleanest cluster's loss ~4× and UW weights that cluster ~4× less. Weighting the whole hybrid
+    # loss (weight_vlb) removes that lift: if the reading holds, FID moves towards the ε-MSE cell.
+    "diag-uw+p2-weightvlb": ("timestep-uw+p2", ["diffusion.weight_vlb=true"]),
 }
 PHASE2_DIAGNOSTIC_SEEDS = (0,)
+#: Diagnostics that only mean something for some losses (weight_vlb changes nothing without L_vlb).
+PHASE2_DIAGNOSTIC_LOSSES = {"diag-uw+p2-weightvlb": ("hybrid",)}
 
 
 def grid(slice_name: str, loss: str) -> dict[str, tuple[str, list[str]]]:
@@ -142,6 +150,8 @@ def grid(slice_name: str, loss: str) -> dict[str, tuple[str, list[str]]]:
             for s in (0, 1):
                 runs[f"{method}-{loss}-s{s}"] = (preset, [*extra, *LOSSES[loss], f"run.seed={s}"])
         for name, (method, changed) in PHASE2_DIAGNOSTICS.items():
+            if loss not in PHASE2_DIAGNOSTIC_LOSSES.get(name, tuple(LOSSES)):
+                continue
             preset, extra = METHODS[method]
             for s in PHASE2_DIAGNOSTIC_SEEDS:
                 runs[f"{name}-{loss}-s{s}"] = (

@@ -118,14 +118,18 @@ def test_engine_of_each_balancer_cell_follows_protocol_changes_7_and_8(tmp_path)
 def test_phase2_diagnostics_change_one_setting_of_a_protocol_cell(tmp_path):
     """Each Phase-2 diagnostic is its protocol cell with the named setting changed (seed 0):
     t ~ U for SNR × UW; plain averaging over the stratified timestep clusters (the batch of every
-    ANT timestep cell without a balancer)."""
+    ANT timestep cell without a balancer); with the hybrid loss only, ANT-UW + P2 with the
+    weighting on the whole hybrid loss (it changes nothing without the L_vlb term)."""
     from antdiff.training.config import load_config
 
     repro = _driver_module()
     for loss in repro.LOSSES:
         runs = repro.grid("phase2", loss)
         diags = sorted(r for r in runs if r.startswith("diag-"))
-        assert diags == [f"diag-stratified-mean-{loss}-s0", f"diag-tuniform-snr-uw-{loss}-s0"]
+        expected = [f"diag-stratified-mean-{loss}-s0", f"diag-tuniform-snr-uw-{loss}-s0"]
+        if loss == "hybrid":
+            expected.append("diag-uw+p2-weightvlb-hybrid-s0")
+        assert diags == sorted(expected)
         preset, overrides = runs[f"diag-stratified-mean-{loss}-s0"]
         cell_preset, cell = runs[f"timestep-uw-{loss}-s0"]
         assert preset == cell_preset and sorted(overrides) == sorted(["ant.balancer=mean", *cell])
@@ -134,6 +138,16 @@ def test_phase2_diagnostics_change_one_setting_of_a_protocol_cell(tmp_path):
         )
         assert (cfg.ant.enabled, cfg.ant.balancer, cfg.ant.cost) == (True, "mean", "timestep")
         assert cfg.ant.sampling == "stratified"
+    runs = repro.grid("phase2", "hybrid")
+    preset, overrides = runs["diag-uw+p2-weightvlb-hybrid-s0"]
+    cell_preset, cell = runs["timestep-uw+p2-hybrid-s0"]
+    assert preset == cell_preset
+    assert sorted(overrides) == sorted(["diffusion.weight_vlb=true", *cell])
+    cfg = load_config(
+        repro.CONFIGS / preset, [f"run.dir={tmp_path / 'vlb'}", "data.spec=digits", *overrides]
+    )
+    assert (cfg.diffusion.weighting, cfg.diffusion.learned_variance) == ("p2", True)
+    assert cfg.diffusion.weight_vlb and cfg.ant.balancer == "uw" and cfg.ant.cost == "timestep"
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
