@@ -34,7 +34,7 @@ The official script keeps every full gradient (T×P floats: about 132 GB for DiT
 **How much of a matrix is the measurement's** (``split_half=True``). With N images the matrix
 is an estimate: another draw of images, timesteps and noise gives another matrix (two draws of
 one CIFAR-10 model at N = 1,000 and 100 bins agreed at r = 0.71 over their off-diagonal entries,
-docs/reproduction.md, slice 8). The split-half estimate measures this from one run: each bin's
+docs/reproduction-log.md, slice 8). The split-half estimate measures this from one run: each bin's
 gradient is also accumulated over the first ⌊N/2⌋ images and the rest separately (the same
 samples: the full gradient is their sum, so the matrix itself does not change), the two half
 matrices' off-diagonal entries are correlated (r_half), and the Spearman–Brown formula
