@@ -445,6 +445,13 @@ fi
 "$PY" benchmarks/repro_cifar.py summary --root "$D/repro" --results "$D/results" \
     >>"$D/logs/collect.log" 2>&1
 for f in "$D"/logs/repro_*.log; do [ -f "$f" ] && tail -n 4 "$f"; done
+# While the detached work runs: what the final deadline's projection makes of each run now (the
+# seventeenth session killed its supervisors on a guessed evaluation time that this table, made
+# from the same logs, would have shown to be harmless).
+if [ -n "$DETACH" ] && [ ! -f "$D/work.done" ] && [ -f "$D/deadline" ]; then
+    "$PY" benchmarks/repro_cifar.py project --root "$D/repro" --logs "$D/logs" \
+        --deadline "$(cat "$D/deadline")" 2>&1 | tee "$D/results/projection.md"
+fi
 for r in "$D"/repro/*/; do
     [ -f "$r/metrics.jsonl" ] || continue
     n=$(basename "$r")

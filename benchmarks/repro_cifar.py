@@ -11,6 +11,7 @@ seed, git commit, card, iterations, FID/precision/recall curve with n and floor,
     python benchmarks/repro_cifar.py collect phase1                         # result JSONs
     python benchmarks/repro_cifar.py summary --root R --results OUT         # training-side table
     python benchmarks/repro_cifar.py table --from DIR [DIR ...] --results OUT  # Table-1 shape
+    python benchmarks/repro_cifar.py project --root R --logs L --deadline HH:MM:SS  # who is stopped
 
 Slices: ``phase1`` (convergence: vanilla, ANT-UW/Nash/PCGrad with timestep clusters, Min-SNR-5,
 P2, each with ε-MSE and the learned-σ hybrid loss; a second seed of vanilla and ANT-UW) and
@@ -33,7 +34,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -312,6 +313,167 @@ def collect(a: argparse.Namespace) -> list[Path]:
         path.write_text(json.dumps(res, indent=1, default=str))
         written.append(path)
     return written
+
+
+def supervisor_groups(logs: Path | None, runs: Sequence[Path]) -> dict[str, list[Path]]:
+    """The runs each supervisor (`repro_cifar.py train`, one per `repro_<device>.log` in
+    ``logs``) started, by the log's "<run>: training on <device>" lines; runs no log names, or
+    every run without ``logs``, form one group (the longest evaluation is then borrowed across
+    all of them, the cautious reading)."""
+    by_name = {r.name: r for r in runs}
+    groups: dict[str, list[Path]] = {}
+    claimed: set[str] = set()
+    for log in sorted(logs.glob("repro_*.log")) if logs is not None else []:
+        names = re.findall(r"\] (\S+): training on ", log.read_text(errors="replace"))
+        members = [by_name[n] for n in dict.fromkeys(names) if n in by_name and n not in claimed]
+        if members:
+            groups[log.stem.removeprefix("repro_")] = members
+            claimed.update(r.name for r in members)
+    rest = [r for r in runs if r.name not in claimed]
+    if rest:
+        groups["(no supervisor log)" if logs is not None else "all"] = rest
+    return groups
+
+
+def parse_deadline(text: str, reference: float) -> float:
+    """A deadline as epoch seconds (``$DEV_DIR/deadline``) or ``HH:MM:SS`` UTC (as
+    device_session.sh prints it) on the UTC day of ``reference`` (epoch seconds)."""
+    import datetime as dt
+
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    m = re.fullmatch(r"(\d{1,2}):(\d{2}):(\d{2})", text)
+    if not m:
+        raise SystemExit(f"--deadline {text!r}: give epoch seconds or HH:MM:SS (UTC)")
+    day = dt.datetime.fromtimestamp(reference, dt.timezone.utc).date()
+    at = dt.datetime(day.year, day.month, day.day, *map(int, m.groups()), tzinfo=dt.timezone.utc)
+    return at.timestamp()
+
+
+def _logged(run: Path) -> Iterator[dict[str, Any]]:
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        try:
+            yield json.loads(line)
+        except ValueError:  # a line the trainer is still writing
+            continue
+
+
+def _last_logged_step(run: Path) -> int:
+    return max((int(row.get("step", 0)) for row in _logged(run)), default=0)
+
+
+def _evaluations_a_supervisor_saw(run: Path, steps: int) -> float:
+    """The longest evaluation of ``run`` that its supervisor counted: it keeps the longest
+    last-evaluation of a run with work left (:func:`next_result`), so every evaluation before
+    the final step, never the final one (the run has nothing left once it is logged)."""
+    return max(
+        (
+            float(sum((row.get("eval_seconds") or {}).values()))
+            for row in _logged(run)
+            if "eval" in row and int(row["step"]) < steps
+        ),
+        default=0.0,
+    )
+
+
+def project(a: argparse.Namespace) -> list[dict[str, Any]]:
+    """What the final deadline's projection (``run_trainers(deadline_is_final=True)``) makes of
+    every run under ``--root`` now: its next result (evaluation or last step), when it would be
+    done — from the log's last line (the file's modification time), the fastest steady window's
+    rate and its last evaluation's duration, or, before its first, the longest one measured by a
+    run of its supervisor (``--logs``: the ``repro_*.log`` files) before its final step — the
+    supervisor never counts a final evaluation, so runs with one evaluation each (Phase 2) borrow
+    nothing — or ``--assume-eval`` seconds
+    where that is more (a guess to check before acting on it) — and the margin to
+    ``--deadline``. A negative margin is a run the supervisor stops (or has stopped); with no
+    evaluation counted, the margin is the longest evaluation that would still end in time. A run
+    at its evaluation step whose evaluation is not logged yet is in that evaluation. Read-only:
+    run it on live run folders or on a bundle's ``results/runs`` (whose copies carry the
+    bundling time, a little later than the last line: the projection errs late)."""
+    import yaml
+
+    from antdiff.analysis.ntg_pipeline import next_result, with_borrowed_evaluation
+
+    root = Path(a.root)
+    runs = (
+        sorted(p for p in root.iterdir() if (p / "metrics.jsonl").exists()) if root.is_dir() else []
+    )
+    if not runs:  # the trainers are still starting (or --root names the wrong folder)
+        return []
+    newest = max((r / "metrics.jsonl").stat().st_mtime for r in runs)
+    deadline = parse_deadline(a.deadline, newest)
+    rows: list[dict[str, Any]] = []
+    for group, members in supervisor_groups(Path(a.logs) if a.logs else None, runs).items():
+        train = {
+            r: (yaml.safe_load((r / "config.yaml").read_text()) or {}).get("train") or {}
+            for r in members
+        }
+        nexts = {
+            r: next_result(
+                r, eval_every=int(t.get("eval_every") or 0), steps=int(t.get("steps", 0))
+            )
+            for r, t in train.items()
+        }
+        seen = max(
+            [_evaluations_a_supervisor_saw(r, int(t.get("steps", 0))) for r, t in train.items()]
+            + [0.0]
+        )
+        assumed = float(a.assume_eval or 0.0) > seen
+        seen = max(seen, float(a.assume_eval or 0.0))
+        for r in members:
+            nxt = nexts[r]
+            row: dict[str, Any] = {"run": r.name, "group": group}
+            if nxt is None:
+                steps = int(train[r].get("steps", 0))
+                done = steps > 0 and _last_logged_step(r) >= steps
+                row["state"] = "finished" if done else "starting (no steady rate yet)"
+            else:
+                own = nxt.measured_eval_seconds is not None or not nxt.is_evaluation
+                nxt = with_borrowed_evaluation(nxt, seen)
+                row.update(
+                    step=nxt.from_step,
+                    rate=nxt.rate,
+                    next=nxt.step,
+                    what="evaluation" if nxt.is_evaluation else "last step",
+                    eval_seconds=nxt.eval_seconds,
+                    eval_source="own"
+                    if own
+                    else (
+                        "none yet" if not nxt.eval_seconds else "assumed" if assumed else "borrowed"
+                    ),
+                    done_at=nxt.done_at,
+                    margin=deadline - nxt.done_at,
+                    state="in time" if nxt.done_at <= deadline else "would be stopped",
+                )
+                if nxt.is_evaluation and nxt.from_step >= nxt.step:
+                    row["state"] += " (in its evaluation)"
+            rows.append(row)
+    return rows
+
+
+def print_projection(rows: list[dict[str, Any]], deadline: str, root: str) -> None:
+    import datetime as dt
+
+    def clock(t: float) -> str:
+        return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%H:%M:%S")
+
+    if re.fullmatch(r"\d+(\.\d+)?", deadline):  # epoch seconds ($DEV_DIR/deadline)
+        deadline = clock(float(deadline))
+    print(f"projection against the deadline {deadline} (UTC times, as the supervisor sees them)")
+    if not rows:
+        print(f"(no run folder under {root} has a training log yet)")
+        return
+    print("| run | supervisor | step | it/s | next | evaluation s | done at | margin s | state |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "done_at" not in r:
+            print(f"| {r['run']} | {r['group']} | | | | | | | {r['state']} |")
+            continue
+        print(
+            f"| {r['run']} | {r['group']} | {r['step']} | {r['rate']:.2f} | {r['next']} "
+            f"({r['what']}) | {r['eval_seconds']:.0f} ({r['eval_source']}) | {clock(r['done_at'])} "
+            f"| {r['margin']:+.0f} | {r['state']} |"
+        )
 
 
 def summarize(a: argparse.Namespace) -> list[Path]:
@@ -1784,7 +1946,16 @@ def main() -> None:
     )
     ap.add_argument(
         "action",
-        choices=["list", "train", "collect", "summary", "table", "environment", "ingest"],
+        choices=[
+            "list",
+            "train",
+            "collect",
+            "summary",
+            "table",
+            "environment",
+            "ingest",
+            "project",
+        ],
     )
     ap.add_argument("slice", nargs="?", default="phase1", choices=["phase1", "phase2"])
     ap.add_argument("--loss", default="hybrid", choices=list(LOSSES), help="phase 2 loss")
@@ -1843,7 +2014,30 @@ def main() -> None:
         help="`ingest`: the last bundle of each other instance whose trainers shared these "
         "cards under the same names; their device logs go to host/ for the cost table",
     )
+    ap.add_argument(
+        "--deadline",
+        default=None,
+        help="`project`: the final deadline, epoch seconds ($DEV_DIR/deadline) or HH:MM:SS UTC",
+    )
+    ap.add_argument(
+        "--logs",
+        default=None,
+        metavar="DIR",
+        help="`project`: the folder of the supervisors' repro_*.log (groups the runs by supervisor)",
+    )
+    ap.add_argument(
+        "--assume-eval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="`project`: an evaluation's duration to assume where none is measured (or more)",
+    )
     a = ap.parse_args()
+    if a.action == "project":
+        if not a.deadline:
+            raise SystemExit("project needs --deadline (epoch seconds or HH:MM:SS UTC)")
+        print_projection(project(a), a.deadline, a.root)
+        return
     if a.action == "ingest":
         if not a.into or not a.bundles:
             raise SystemExit("ingest needs --into DIR and --bundles TAR [TAR ...]")

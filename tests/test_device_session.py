@@ -115,6 +115,10 @@ def test_detached_work_outlives_the_call_and_stops_at_the_deadline(tmp_path: Pat
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "detached work started" in first.stdout
     assert "budget reached: bundling while the work is still running" in first.stdout
+    # each call's reply shows the deadline's projection of every run while the work goes on
+    # (5 s in, the trainer may not have logged yet: the table or a line saying so)
+    assert "projection against the deadline" in first.stdout
+    assert "| vanilla-eps-s0 | cpu |" in first.stdout or "has a training log yet" in first.stdout
     worker = int((dev / "work.pid").read_text())
     os.kill(worker, 0)  # the worker is alive after the call that started it returned
     assert len(list((tmp_path / "out").glob("session_*.tar.gz"))) == 1

@@ -682,3 +682,24 @@ def test_a_first_evaluation_is_projected_to_take_as_long_as_another_runs(tmp_pat
     signalled.clear()
     run(["alone"], time_limit=1.5)
     assert not any("alone: its next" in m for m in said)
+
+
+def test_a_run_borrows_an_evaluation_time_only_for_an_evaluation_it_has_not_measured():
+    from antdiff.analysis.ntg_pipeline import NextResult, with_borrowed_evaluation
+
+    first = NextResult(step=5000, done_at=100.0, is_evaluation=True, from_step=4000, rate=10.0)
+    borrowed = with_borrowed_evaluation(first, 80.0)
+    assert (borrowed.done_at, borrowed.eval_seconds) == (180.0, 80.0)
+    assert with_borrowed_evaluation(first, 0.0) == first  # nothing measured yet: nothing added
+    own = NextResult(
+        step=10000,
+        done_at=600.0,
+        is_evaluation=True,
+        from_step=6000,
+        rate=10.0,
+        eval_seconds=75.0,
+        measured_eval_seconds=75.0,
+    )
+    assert with_borrowed_evaluation(own, 300.0) == own  # its own measurement stands
+    last = NextResult(step=5000, done_at=50.0, is_evaluation=False, from_step=4500, rate=10.0)
+    assert with_borrowed_evaluation(last, 300.0) == last  # a last step is no evaluation

@@ -1136,3 +1136,102 @@ def test_the_loss_sections_take_a_runs_longest_log_not_the_newest_folders(tmp_pa
     assert repro_cifar.longest_log([newer, older]) == older
     tie = run("slice8", [100, 2500])
     assert repro_cifar.longest_log([newer, tie]) == newer  # the first named on a tie
+
+
+def _projected_run(root: Path, name: str, rows: list[dict], *, at: float, steps: int = 5000):
+    """A run folder as a trainer leaves it: config.yaml and metrics.jsonl written at ``at``."""
+    import os
+
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(f"train:\n  steps: {steps}\n  eval_every: 5000\n")
+    log = run / "metrics.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.utime(log, (at, at))
+
+
+def test_project_shows_what_the_final_deadline_would_stop(tmp_path):
+    """`project` repeats the supervisor's projection from the run folders: the next evaluation
+    at the fastest steady rate plus the evaluation's duration — its own, else the longest one a
+    run of the same supervisor (grouped by the repro_<device>.log lines) measured with work left
+    (a final evaluation never counts), else the guess given — against the deadline. Slice 16's
+    case: two PCGrad runs beside a light run that has finished with its one evaluation (400 s):
+    nothing is borrowed, and the guess of 600 s that led to killing the supervisors would have
+    been needed for any run to be stopped."""
+    import argparse
+
+    repro = _driver_module()
+    t0 = 1_800_000_000.0  # a fixed epoch: 2027-01-15 08:00:00 UTC
+    root, logs = tmp_path / "repro", tmp_path / "logs"
+    start = {"step": 100, "window": 100, "it_per_s": 1.0, "time": 100.0}  # start-up window
+    steady = [start, {"step": 4400, "window": 4300, "it_per_s": 6.6, "time": 752.0}]
+    for name in ("pcgrad-a", "pcgrad-b"):
+        _projected_run(root, name, steady, at=t0)  # 600 steps to go: ~91 s at 6.6 it/s
+    light = [
+        start,
+        {"step": 5000, "window": 4900, "it_per_s": 9.5, "time": 616.0},
+        {"step": 5000, "eval": {"fid": 50.0}, "eval_seconds": {"sampling": 395.0, "metrics": 5.0}},
+    ]
+    _projected_run(root, "light", light, at=t0)
+    # a long run on another card: evaluated at 5000 (80 s) with 45,000 steps to go
+    long_rows = [*light[:2], {**light[2], "eval_seconds": {"sampling": 78.0, "metrics": 2.0}}]
+    long_rows.append({"step": 5400, "window": 400, "it_per_s": 16.0, "time": 721.0})
+    _projected_run(root, "long", long_rows, at=t0, steps=50000)
+    _projected_run(root, "beside-long", steady, at=t0)
+    _projected_run(root, "starting", [start], at=t0)
+    logs.mkdir()
+    card0 = ("pcgrad-a", "pcgrad-b", "light")
+    (logs / "repro_cuda0.log").write_text(
+        "".join(f"[repro 08:00:00] {n}: training on cuda:0 (from step 0)\n" for n in card0)
+    )
+    (logs / "repro_cuda1.log").write_text(
+        "".join(
+            f"[repro 08:00:00] {n}: training on cuda:1 (from step 0)\n"
+            for n in ("long", "beside-long")
+        )
+    )
+
+    def project(deadline: str, assume: float | None = None) -> dict[str, dict]:
+        a = argparse.Namespace(
+            root=str(root), logs=str(logs), deadline=deadline, assume_eval=assume
+        )
+        return {r["run"]: r for r in repro.project(a)}
+
+    rows = project("08:09:00")  # 540 s after the last lines
+    assert rows["light"]["state"] == "finished"
+    assert rows["starting"]["state"].startswith("starting")
+    assert rows["starting"]["group"] == "(no supervisor log)"
+    a = rows["pcgrad-a"]
+    assert (a["group"], a["step"], a["next"], a["rate"]) == ("cuda0", 4400, 5000, 6.6)
+    # the light run's only evaluation was its final one: not borrowed, so the margin is the
+    # longest evaluation that would still end in time
+    assert (a["eval_seconds"], a["eval_source"], a["state"]) == (0.0, "none yet", "in time")
+    assert a["done_at"] == pytest.approx(t0 + 600 / 6.6)
+    assert a["margin"] == pytest.approx(540 - 600 / 6.6)
+    # on card 1 the long run's 80-s evaluation had work left after it: its partner borrows it
+    b = rows["beside-long"]
+    assert (b["group"], b["eval_seconds"], b["eval_source"]) == ("cuda1", 80.0, "borrowed")
+    assert b["done_at"] == pytest.approx(t0 + 600 / 6.6 + 80.0)
+    long = rows["long"]
+    assert (long["next"], long["eval_source"], long["rate"]) == (10000, "own", 16.0)
+    assert long["done_at"] == pytest.approx(t0 + 4600 / 16.0 + 80.0)
+    assert long["margin"] == pytest.approx(540 - 4600 / 16.0 - 80.0)
+    assert project("08:06:00")["long"]["state"] == "would be stopped"  # 367.5 s in 360 s
+    # a guess longer than anything measured: the runs the supervisor would stop
+    guessed = project(str(int(t0 + 540)), assume=600.0)  # the same deadline as epoch seconds
+    assert guessed["pcgrad-b"]["eval_source"] == "assumed"
+    assert guessed["pcgrad-b"]["state"] == "would be stopped"
+    assert guessed["pcgrad-b"]["margin"] == pytest.approx(540 - 600 / 6.6 - 600.0)
+    # a run at its evaluation step with no evaluation logged yet is in it
+    _projected_run(root, "evaluating", light[:2], at=t0)
+    assert project("08:09:00")["evaluating"]["state"] == "in time (in its evaluation)"
+    # the table as device_session.sh prints it into each call's reply
+    cmd = [sys.executable, str(DRIVER), "project", "--root", str(root), "--logs", str(logs)]
+    out = subprocess.run(
+        [*cmd, "--deadline", "08:09:00"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "projection against the deadline 08:09:00" in out
+    row = "| pcgrad-a | cuda0 | 4400 | 6.60 | 5000 (evaluation) | 0 (none yet) | 08:01:30 | +449 |"
+    assert row in out
+    bad = subprocess.run([*cmd, "--deadline", "9am"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "HH:MM:SS" in bad.stderr

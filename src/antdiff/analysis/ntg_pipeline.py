@@ -381,6 +381,18 @@ def next_result(run: str | Path, *, eval_every: int, steps: int) -> NextResult |
     )
 
 
+def with_borrowed_evaluation(nxt: NextResult, seen_eval: float) -> NextResult:
+    """``nxt`` with ``seen_eval`` seconds added for an evaluation its run has not measured yet.
+
+    Before a run's first evaluation :func:`next_result` counts it as 0 s; :func:`run_trainers`
+    charges it the longest evaluation any of its runs has measured instead (slice 9: a lone 0-s
+    guess let a run start an evaluation it could not end). Unchanged when the next result is no
+    evaluation, when the run measured its own, or when nothing has been measured (0)."""
+    if nxt.is_evaluation and nxt.measured_eval_seconds is None and seen_eval:
+        return replace(nxt, done_at=nxt.done_at + seen_eval, eval_seconds=seen_eval)
+    return nxt
+
+
 def run_trainers(
     configs: Sequence[str | Path],
     *,
@@ -474,8 +486,7 @@ def run_trainers(
                     nxt = projected[run]
                     if run in early or proc.poll() is not None or nxt is None:
                         continue
-                    if nxt.is_evaluation and nxt.measured_eval_seconds is None and seen_eval:
-                        nxt = replace(nxt, done_at=nxt.done_at + seen_eval, eval_seconds=seen_eval)
+                    nxt = with_borrowed_evaluation(nxt, seen_eval)
                     if nxt.done_at > wall_deadline:
                         early.add(run)
                         what = "evaluation" if nxt.is_evaluation else "last step"
