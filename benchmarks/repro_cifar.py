@@ -383,9 +383,8 @@ def project(a: argparse.Namespace) -> list[dict[str, Any]]:
     rate and its last evaluation's duration, or, before its first, the longest one measured by a
     run of its supervisor (``--logs``: the ``repro_*.log`` files) before its final step — the
     supervisor never counts a final evaluation, so runs with one evaluation each (Phase 2) borrow
-    nothing — or ``--assume-eval`` seconds
-    where that is more (a guess to check before acting on it) — and the margin to
-    ``--deadline``. A negative margin is a run the supervisor stops (or has stopped); with no
+    nothing — or ``--assume-eval`` seconds where that is more (a guess to check before acting on
+    it) — and the margin to ``--deadline``. A negative margin is a run the supervisor stops (or has stopped); with no
     evaluation counted, the margin is the longest evaluation that would still end in time. A run
     at its evaluation step whose evaluation is not logged yet is in that evaluation. Read-only:
     run it on live run folders or on a bundle's ``results/runs`` (whose copies carry the
