@@ -385,9 +385,11 @@ def with_borrowed_evaluation(nxt: NextResult, seen_eval: float) -> NextResult:
     """``nxt`` with ``seen_eval`` seconds added for an evaluation its run has not measured yet.
 
     Before a run's first evaluation :func:`next_result` counts it as 0 s; :func:`run_trainers`
-    charges it the longest evaluation any of its runs has measured instead (slice 9: a lone 0-s
-    guess let a run start an evaluation it could not end). Unchanged when the next result is no
-    evaluation, when the run measured its own, or when nothing has been measured (0)."""
+    charges it the longest evaluation any of its runs has measured while it still had work left
+    (a run's final evaluation never counts: the run is done once it is logged) instead (slice 9:
+    a lone 0-s guess let a run start an evaluation it could not end). Unchanged when the next
+    result is no evaluation, when the run measured its own, or when nothing has been measured
+    (0)."""
     if nxt.is_evaluation and nxt.measured_eval_seconds is None and seen_eval:
         return replace(nxt, done_at=nxt.done_at + seen_eval, eval_seconds=seen_eval)
     return nxt
