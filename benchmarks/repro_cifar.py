@@ -34,6 +34,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -501,6 +502,9 @@ def summarize(a: argparse.Namespace) -> list[Path]:
                 "it_per_s_median": float(np.nanmedian(speeds)),
                 "loss_tail": float(np.nanmean(log.loss[last])),
                 "cluster_losses_tail": np.nanmean(log.cluster_losses[last], axis=0).tolist(),
+                # a weighted or hybrid loss's parts per cluster (None where not logged)
+                "cluster_mse_tail": tail_mean(log.cluster_mse, last),
+                "cluster_vb_tail": tail_mean(log.cluster_vb, last),
                 "weights_last": log.weights[-1].tolist(),
                 "uw_weights_last": bal.get("uw_weights"),
                 "evals": [[s, e] for s, e in log.evals],
@@ -529,8 +533,34 @@ def summarize(a: argparse.Namespace) -> list[Path]:
             f"{gib(r['train_peak_mem_gib'])} / {gib(r['eval_peak_mem_gib'])} | "
             f"{r['loss_tail']:.4f} | {cl} | {shown} |"
         )
+    with_parts = [r for r in rows if r["cluster_mse_tail"] is not None]
+    if with_parts:
+        lines += [
+            "",
+            f"Parts of the loss per cluster, clean → noisy (last {a.tail} windows; the loss is "
+            "w(t)·MSE + vb, w(t)·(MSE + vb) with `diffusion.weight_vlb`):",
+            "",
+            "| run | unweighted ε-MSE | vb = λ·T·L_t (hybrid) |",
+            "|---|---|---|",
+        ]
+        for r in with_parts:
+            mse = ", ".join(f"{v:.4f}" for v in r["cluster_mse_tail"])
+            vb = r["cluster_vb_tail"]
+            lines.append(
+                f"| {r['run']} | {mse} | {'—' if vb is None else ', '.join(f'{v:.4f}' for v in vb)} |"
+            )
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     return [out / "summary.json", out / "summary.md"]
+
+
+def tail_mean(x: np.ndarray, last: slice) -> list[float] | None:
+    """Column means over the ``last`` rows ignoring NaN (None for a series the run did not log;
+    NaN where no recorded window had the cluster)."""
+    if not x.size:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column is NaN, said so
+        return np.nanmean(x[last], axis=0).tolist()
 
 
 def _method_of(run: str) -> str:

@@ -183,3 +183,32 @@ def test_affinity_section_states_the_split_half_reliability(tmp_path):
         f"{agreement['r']:.3f} ({agreement['spearman_brown']:.3f}), halves of 8 and 8 images |"
     )
     assert expected in section.split("## Task affinity (O1)")[1]
+
+
+def test_a_hybrid_run_shows_what_each_clusters_loss_is_made_of(tmp_path):
+    """A hybrid run's per-cluster losses come with their parts, ε-MSE and λ·T·L_t, at the same
+    steps; an ε-MSE run without a weighting has none to show."""
+    import torch
+
+    from antdiff.analysis.logs import read_training_log
+    from antdiff.training.trainer import train
+    from test_train import tiny
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(tiny(tmp_path / "hyb", "train.steps=2", "diffusion.learned_variance=true"), log=None)
+        train(tiny(tmp_path / "eps", "train.steps=2"), log=None)
+    finally:
+        torch.set_num_threads(n)
+    text = write_report([tmp_path / "hyb", tmp_path / "eps"], tmp_path / "r").read_text()
+    section = text.split("## Per-cluster losses", 1)[1].split("\n## ", 1)[0]
+    hyb, eps = section.split("### eps", 1)
+    assert "Parts of the loss per cluster" in hyb and "Parts of the loss" not in eps
+    log = read_training_log(tmp_path / "hyb")
+    last = [2, *log.cluster_mse[-1], *log.cluster_vb[-1]]
+    shown = ["2"] + [f"{v:.4g}" if np.isfinite(v) else "–" for v in last[1:]]  # – : no sample
+    assert "| " + " | ".join(shown) + " |" in hyb
+    np.testing.assert_allclose(
+        log.cluster_mse + log.cluster_vb, log.cluster_losses, rtol=1e-5, equal_nan=True
+    )

@@ -210,6 +210,14 @@ def test_smoke_slice_trains_evaluates_and_writes_results(tmp_path):
     # no CUDA here: the trainer logs no peak memory, and the table says so rather than inventing
     assert uw["train_peak_mem_gib"] is None and rows["vanilla-eps-s0"]["eval_peak_mem_gib"] is None
     assert "| — / — |" in table
+    # the hybrid run's loss parts per cluster (ε-MSE + λ·T·L_t = its cluster losses); the plain
+    # ε-MSE run has none: its loss is the MSE
+    uwr, vr = rows["timestep-uw-hybrid-s0"], rows["vanilla-eps-s0"]
+    assert vr["cluster_mse_tail"] is None and vr["cluster_vb_tail"] is None
+    parts = np.add(uwr["cluster_mse_tail"], uwr["cluster_vb_tail"])
+    np.testing.assert_allclose(parts, uwr["cluster_losses_tail"], rtol=1e-5)
+    section = table.split("Parts of the loss per cluster", 1)[1]
+    assert "| timestep-uw-hybrid-s0 |" in section and "vanilla-eps-s0" not in section
 
 
 def test_peak_memory_reads_the_largest_window_and_evaluation(tmp_path):

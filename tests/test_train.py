@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -307,18 +308,19 @@ def test_refuses_to_clobber_or_resume_an_incompatible_run(tmp_path: Path) -> Non
 def test_nan_loss_names_step_and_cluster_and_keeps_last_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ant: bool
 ) -> None:
-    original = DiffusionObjective.per_sample_loss
+    original = DiffusionObjective.loss_terms  # what the trainer's loss closure calls
     calls = {"n": 0}
 
     def poisoned(self, model_output, x0, x_t, t, noise):  # type: ignore[no-untyped-def]
-        loss = original(self, model_output, x0, x_t, t, noise)
+        terms = original(self, model_output, x0, x_t, t, noise)
         calls["n"] += 1
         if calls["n"] >= 3:  # from the third step on, cluster 2 (t in [400, 599]) blows up
             bad = (t >= 400) & (t <= 599)
-            loss = torch.where(bad, torch.full_like(loss, float("nan")), loss)
-        return loss
+            loss = torch.where(bad, torch.full_like(terms.loss, float("nan")), terms.loss)
+            terms = dataclasses.replace(terms, loss=loss)
+        return terms
 
-    monkeypatch.setattr(DiffusionObjective, "per_sample_loss", poisoned)
+    monkeypatch.setattr(DiffusionObjective, "loss_terms", poisoned)
     extra = ["ant.enabled=true", "ant.balancer=uw"] if ant else []
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged) as e:
@@ -462,3 +464,56 @@ def test_stop_during_evaluation_checkpoints_and_evaluates_first_on_resume(
     assert [r["eval"]["fid"] for r in evals] == [r["eval"]["fid"] for r in want]
     assert pending_evaluation(second.checkpoint) is None and run_finished(run, steps)
     assert_same_tensors(state_of(run)["model"], state_of(tmp_path / "ref_run")["model"])
+
+
+@pytest.mark.parametrize(
+    "ant",
+    [[], ["ant.enabled=true", "ant.balancer=uw"],
+     ["ant.enabled=true", "ant.balancer=pcgrad", "ant.engine=split", "ant.k=4", "ant.pad_split=true"]],
+    ids=["vanilla", "uw", "pcgrad-padded-split"],
+)  # fmt: skip
+def test_a_hybrid_loss_logs_its_two_parts_per_cluster(tmp_path: Path, ant) -> None:
+    """With learned σ the loss is ε-MSE + λ·T·L_t: each line says what every cluster's loss is
+    made of, over the same samples (padding copies of the split engine counted once)."""
+    run = tmp_path / "run"
+    train(tiny(run, "train.steps=2", "diffusion.learned_variance=true", *ant), log=None)
+    rows = MetricsLog.read(run / "metrics.jsonl")
+    assert len(rows) == 2
+    for r in rows:
+        assert r["parts_counts"] == r["counts"] and sum(r["counts"]) == 10
+        seen = [i for i, n in enumerate(r["counts"]) if n > 0]
+        mse, vb = np.array(r["cluster_mse"], dtype=float), np.array(r["cluster_vb"], dtype=float)
+        loss = np.array(r["cluster_losses"], dtype=float)
+        np.testing.assert_allclose(mse[seen] + vb[seen], loss[seen], rtol=1e-5)
+        assert (vb[seen] > 0).all() and (mse[seen] > vb[seen]).all()
+        assert np.isnan(mse[[i for i in range(len(mse)) if i not in seen]]).all()
+
+
+def test_a_weighted_loss_logs_its_unweighted_mse_and_plain_eps_mse_logs_no_parts(
+    tmp_path: Path,
+) -> None:
+    """P2 logs w(t)·MSE as the loss (w ≤ 1, ≪ 1 at the clean end) and the plain MSE beside it;
+    ε-MSE without a weighting has no parts (its loss is the MSE); inside the engine's vmap pass
+    there are no plain values to keep, so a PCGrad vmap line pools no samples."""
+    clean_first = [
+        "ant.k=2",
+        "ant.enabled=true",
+        "ant.balancer=mean",
+        "ant.clusters=[[0,99],[100,999]]",
+    ]
+    run = tmp_path / "p2"
+    train(tiny(run, "train.steps=1", "diffusion.weighting=p2", *clean_first), log=None)
+    (r,) = MetricsLog.read(run / "metrics.jsonl")
+    assert "cluster_vb" not in r and r["parts_counts"] == r["counts"] == [5, 5]
+    assert r["cluster_losses"][0] < 0.1 * r["cluster_mse"][0]  # 1/(1 + SNR) at t < 100
+    assert r["cluster_losses"][1] < r["cluster_mse"][1]
+    run = tmp_path / "eps"
+    train(tiny(run, "train.steps=1"), log=None)
+    (r,) = MetricsLog.read(run / "metrics.jsonl")
+    assert not {"cluster_mse", "cluster_vb", "parts_counts"} & r.keys()
+    run = tmp_path / "vmap"
+    pcgrad = ["ant.enabled=true", "ant.balancer=pcgrad", "ant.engine=vmap"]
+    train(tiny(run, "train.steps=1", "diffusion.learned_variance=true", *pcgrad), log=None)
+    (r,) = MetricsLog.read(run / "metrics.jsonl")
+    assert r["parts_counts"] == [0] * 5 and r["cluster_mse"] == [None] * 5
+    assert sum(r["counts"]) == 10

@@ -49,10 +49,10 @@ def free_port() -> int:
 @pytest.mark.parametrize(
     "extra",
     [
-        ["data.class_conditional=true"],
+        ["data.class_conditional=true", "diffusion.learned_variance=true"],
         ["ant.enabled=true", "ant.balancer=pcgrad"],
     ],
-    ids=["vanilla-classcond", "ant-pcgrad"],
+    ids=["vanilla-classcond-hybrid", "ant-pcgrad"],
 )
 def test_two_gloo_processes_match_one(tmp_path: Path, extra: list[str]) -> None:
     threads = torch.get_num_threads()
@@ -84,6 +84,12 @@ def test_two_gloo_processes_match_one(tmp_path: Path, extra: list[str]) -> None:
     assert [r["counts"] for r in la] == [r["counts"] for r in lb]
     for ra, rb in zip(la, lb):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5)
+        # the hybrid loss's parts per cluster pool both processes' samples (LossParts)
+        assert ("cluster_vb" in rb) == ("learned_variance=true" in " ".join(extra))
+        for key in ("cluster_mse", "cluster_vb"):
+            if key in ra:
+                assert rb["parts_counts"] == ra["parts_counts"] == ra["counts"]
+                assert rb[key] == pytest.approx(ra[key], rel=1e-4, nan_ok=True)
 
 
 def test_batch_not_divisible_by_processes_fails_clearly(tmp_path: Path) -> None:

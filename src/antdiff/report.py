@@ -295,6 +295,31 @@ def _training_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
             i, v = _row_at(log.cluster_losses, frac)
             rows.append([int(log.steps[i]), *[float(x) for x in v]])
         w.p(_table(["step", *[f"L_{i}" for i in range(log.k)]], rows))
+        if log.cluster_mse.size:
+            _loss_parts_table(w, log)
+
+
+def _loss_parts_table(w: _Writer, log: TrainingLog) -> None:
+    """What each cluster's loss is made of in a weighted or hybrid run: ℓ = w(t)·ℓ_mse + λ·T·L_t,
+    the unweighted ε-MSE and the learned-σ term per cluster (the trainer's ``cluster_mse``,
+    ``cluster_vb``) at the same steps as the losses."""
+    hybrid = log.cluster_vb.size > 0
+    head = [f"MSE_{i}" for i in range(log.k)] + (
+        [f"vb_{i}" for i in range(log.k)] if hybrid else []
+    )
+    rows = []
+    for frac in (0.1, 0.5, 1.0):
+        i, mse = _row_at(log.cluster_mse, frac)
+        vb = log.cluster_vb[i] if hybrid else np.zeros(0)
+        rows.append([int(log.steps[i]), *[float(x) for x in mse], *[float(x) for x in vb]])
+    w.p(
+        "Parts of the loss per cluster: unweighted ε-MSE"
+        + (" and λ·T·L_t (the learned-σ term, `vb`)" if hybrid else "")
+        + " — the logged loss is w(t)·MSE"
+        + (" + vb (w(t)·(MSE + vb) with `diffusion.weight_vlb`)" if hybrid else "")
+        + ":"
+    )
+    w.p(_table(["step", *head], rows))
 
 
 def _bins_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:

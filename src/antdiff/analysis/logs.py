@@ -86,6 +86,11 @@ class TrainingLog:
     # every line with bins says "bin_mean": "uniform_t" (means over t uniform in the bin); older
     # logs hold plain sample means, comparable only where the sampler drew t evenly in the bin
     bin_mean_uniform_t: bool = False
+    # the parts of a weighted or hybrid loss per cluster (trainer's LossParts): unweighted ε-MSE
+    # and λ·T·L_t, one row per training line; zero columns where not logged (ε-MSE without a
+    # weighting, where the loss is the MSE; runs logged before the parts existed)
+    cluster_mse: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    cluster_vb: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     @property
     def k(self) -> int:
@@ -438,6 +443,9 @@ def read_training_log(run_or_file: str | Path) -> TrainingLog:
 
     nbins = max((len(r.get("bin_losses") or []) for r in train), default=0)
 
+    def parts(key: str) -> np.ndarray:
+        return mat(key) if any(key in r for r in train) else np.zeros((0, 0))
+
     return TrainingLog(
         path=f,
         steps=np.array([int(r["step"]) for r in train], dtype=np.int64),
@@ -457,6 +465,8 @@ def read_training_log(run_or_file: str | Path) -> TrainingLog:
         bin_losses=mat("bin_losses", nbins),
         bin_mean_uniform_t=any("bin_losses" in r for r in train)
         and all(r.get("bin_mean") == "uniform_t" for r in train if "bin_losses" in r),
+        cluster_mse=parts("cluster_mse"),
+        cluster_vb=parts("cluster_vb"),
     )
 
 

@@ -8,6 +8,9 @@ steps) is::
      "loss": 0.031,                # mean per-sample loss over the window's samples (all processes)
      "cluster_losses": [...k],     # mean loss of each cluster's samples in the window (null: none)
      "counts": [...k],             # samples per cluster summed over the window (all processes)
+     "cluster_mse": [...k],        # weighted or hybrid loss only: the loss's parts per cluster,
+     "cluster_vb": [...k],         # unweighted ε-MSE and λ·T·L_t (hybrid only), and the samples
+     "parts_counts": [...k],       # they pool (see LossParts)
      "weights": [...k],            # effective weight of each cluster's gradient at the last step
                                    # (the balancer's; n_i/B for vanilla training)
      "balancer": {...},            # the balancer's record() at the last step
@@ -30,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .checkpoint import atomic_write_text
 
-__all__ = ["MetricsLog", "TensorBoardLog", "WindowStats", "json_safe"]
+__all__ = ["LossParts", "MetricsLog", "TensorBoardLog", "WindowStats", "json_safe"]
 
 
 def json_safe(x: Any) -> Any:
@@ -54,6 +58,66 @@ def json_safe(x: Any) -> Any:
     return x
 
 
+class LossParts:
+    """The parts of the per-sample loss a training step computed, pooled per cluster for the log.
+
+    A loss weighting or the hybrid loss makes the logged loss ``ℓ = w(t)·ℓ_mse + λ·T·L_t`` a
+    mixture (``objective.LossTerms``); this keeps its unweighted ε-MSE ``ℓ_mse`` and, with learned
+    variance, ``λ·T·L_t`` (``vb``) for every sample of the step, so that a log line shows which
+    part a cluster's loss is made of (``cluster_mse``, ``cluster_vb``). Samples are recorded as
+    the step's ``compute_losses`` computes them, in place (no device synchronisation, no extra
+    forward pass); calls inside a ``torch.func`` transform (the engine's ``vmap`` mode) carry no
+    plain values and are skipped, so such steps add nothing and ``parts_counts`` says how many
+    samples each cluster's parts pool. A padding copy of the padded ``split`` engine writes its
+    sample's own values again.
+    """
+
+    def __init__(self, batch_size: int, hybrid: bool, device: torch.device | str) -> None:
+        self.hybrid = hybrid
+        self.mse = torch.zeros(batch_size, device=device)
+        self.vb = torch.zeros(batch_size, device=device) if hybrid else None
+        self.seen = torch.zeros(batch_size, device=device)
+        self.active = False
+
+    def start(self) -> None:
+        """Begin a step: forget the previous step's samples and record from here on."""
+        self.seen.zero_()
+        self.active = True
+
+    def stop(self) -> None:
+        """End a step: later calls (a balancer's look at the updated model) record nothing."""
+        self.active = False
+
+    def record(
+        self, index: torch.Tensor | None, mse: torch.Tensor, vb: torch.Tensor | None
+    ) -> None:
+        """Keep the parts of the samples at ``index`` (all of the batch when None)."""
+        if not self.active or is_functorch_wrapped_tensor(mse):
+            return
+        sel: Any = slice(None) if index is None else index
+        self.mse[sel] = mse.detach().float()
+        if self.vb is not None and vb is not None:
+            self.vb[sel] = vb.detach().float()
+        self.seen[sel] = 1.0
+
+    def cluster_sums(self, cluster_ids: torch.Tensor, k: int) -> list[torch.Tensor]:
+        """``[Σ ℓ_mse, (Σ vb,) n]`` per cluster over the recorded samples, each ``[k]``."""
+
+        def per_cluster(x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(k, device=x.device).index_add(0, cluster_ids, x)
+
+        out = [per_cluster(self.mse * self.seen)]
+        if self.vb is not None:
+            out.append(per_cluster(self.vb * self.seen))
+        return [*out, per_cluster(self.seen)]
+
+
+def is_functorch_wrapped_tensor(x: torch.Tensor) -> bool:
+    """True for a tensor of an active ``torch.func`` transform (vmap, grad): no plain values."""
+    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(check(x)) if check is not None else False
+
+
 class WindowStats:
     """Pools the per-cluster loss sums and sample counts of the steps between two log lines.
 
@@ -64,11 +128,14 @@ class WindowStats:
     ``bin_weights`` (Σ 1/(T·p(t)) of the bin's samples, their losses summed with the same weights)
     ``bin_losses`` = Σ wℓ / Σ w estimates the mean over t uniform in the bin whatever the sampler
     (marked ``"bin_mean": "uniform_t"`` in the line); without, it is the plain sample mean.
+    With ``parts`` (the names of :class:`LossParts`' sums) the line also has ``cluster_<name>``,
+    each part's pooled mean per cluster over ``parts_counts`` samples.
     """
 
-    def __init__(self, k: int, bins: int = 0) -> None:
+    def __init__(self, k: int, bins: int = 0, parts: tuple[str, ...] = ()) -> None:
         self.k = k
         self.bins = bins
+        self.parts = parts  # names of LossParts' sums, e.g. ("mse", "vb"): cluster_<name> lines
         self.reset()
 
     def reset(self) -> None:
@@ -78,6 +145,8 @@ class WindowStats:
         self.bin_sums = np.zeros(self.bins)
         self.bin_counts = np.zeros(self.bins)
         self.bin_weights: np.ndarray | None = None
+        self.part_sums = np.zeros((len(self.parts), self.k))
+        self.part_counts = np.zeros(self.k)
 
     def add(
         self,
@@ -86,8 +155,13 @@ class WindowStats:
         bin_sums: Sequence[float] | None = None,
         bin_counts: Sequence[float] | None = None,
         bin_weights: Sequence[float] | None = None,
+        part_sums: Sequence[Sequence[float]] | None = None,
+        part_counts: Sequence[float] | None = None,
     ) -> None:
         self.steps += 1
+        if self.parts and part_sums is not None and part_counts is not None:
+            self.part_sums += np.asarray(part_sums, dtype=np.float64).reshape(len(self.parts), -1)
+            self.part_counts += np.asarray(part_counts, dtype=np.float64)
         self.sums += np.asarray(cluster_sums, dtype=np.float64)
         self.counts += np.asarray(cluster_counts, dtype=np.float64)
         if self.bins and bin_sums is not None and bin_counts is not None:
@@ -117,6 +191,10 @@ class WindowStats:
             else:
                 out["bin_losses"] = self._means(self.bin_sums, self.bin_counts)
             out["bin_counts"] = [int(round(c)) for c in self.bin_counts]
+        for name, sums in zip(self.parts, self.part_sums):
+            out[f"cluster_{name}"] = self._means(sums, self.part_counts)
+        if self.parts:
+            out["parts_counts"] = [int(round(c)) for c in self.part_counts]
         return out
 
 

@@ -49,7 +49,7 @@ from .distributed import DistContext, init_distributed
 from .ema import EMA
 from .images import image_grid, save_grid
 from .lr import lr_factor
-from .monitor import MetricsLog, TensorBoardLog, WindowStats
+from .monitor import LossParts, MetricsLog, TensorBoardLog, WindowStats
 from .rng import capture_rng_state, restore_rng_state, seed_everything
 from .rundir import RunDirectory
 from .sampling import SamplingInterrupted, sample_images
@@ -473,7 +473,10 @@ def _train(
             sel: Any = slice(None) if index is None else index
             with autocast:
                 out = fwd(x_t[sel], t[sel], None if y is None else y[sel])
-            return objective.per_sample_loss(out.float(), x0[sel], x_t[sel], t[sel], noise[sel])
+            terms = objective.loss_terms(out.float(), x0[sel], x_t[sel], t[sel], noise[sel])
+            if loss_parts is not None:
+                loss_parts.record(index, terms.mse, terms.vb)
+            return terms.loss
 
         return compute_losses
 
@@ -487,7 +490,12 @@ def _train(
     if nbins and t_sampler is not None and t_sampler.mode == "stratified":
         p_t = t_sampler.probabilities()
         bin_iw = to_device((1.0 / (p_t.numel() * p_t)).float(), device)
-    window = WindowStats(k, bins=nbins)
+    # A weighted or hybrid loss is a mixture: log its parts per cluster too (LossParts).
+    loss_parts = None
+    if objective.weighting is not None or objective.learned_variance:
+        loss_parts = LossParts(mine.numel(), objective.learned_variance, device)
+    part_names = () if loss_parts is None else ("mse", "vb") if loss_parts.hybrid else ("mse",)
+    window = WindowStats(k, bins=nbins, parts=part_names)
     t_start = time.perf_counter()
     t_window, hook_time = t_start, 0.0
     interrupted = False
@@ -560,6 +568,8 @@ def _train(
             )
             optimizer.param_groups[0]["lr"] = base_lr * factor
             optimizer.zero_grad(set_to_none=True)
+            if loss_parts is not None:
+                loss_parts.start()
             if engine is not None:
                 try:
                     res = engine.step(compute_losses, tb_batch, record=log_now)
@@ -588,6 +598,10 @@ def _train(
                 cl_sum = torch.zeros(k, device=device).index_add(0, ids, sample_losses)
                 cl_cnt = tb_batch.counts.float()  # host-side: no synchronisation
                 weights, record = None, None
+            part_stats: list[torch.Tensor] = []
+            if loss_parts is not None:  # this process's samples, summed by the all-reduce too
+                loss_parts.stop()
+                part_stats = loss_parts.cluster_sums(tb_batch.cluster_ids, k)
             bin_stats: list[torch.Tensor] = []
             if nbins:  # this process's samples; the all-reduce below sums the processes
                 if sample_losses is None:  # a skipped step: no losses, no counts
@@ -615,6 +629,7 @@ def _train(
                     gn.float().reshape(1).to(device) / world,
                     to_device(torch.tensor([float(stop.requested)]), device),
                     *bin_stats,
+                    *part_stats,
                 ]
             )
             if world > 1:
@@ -631,7 +646,10 @@ def _train(
             stop_now = vals[2 * k + 1] > 0
             bin_sums = vals[2 * k + 2 : 2 * k + 2 + nbins]
             bin_weights = vals[2 * k + 2 + nbins : 2 * k + 2 + 2 * nbins]
-            bin_counts = vals[2 * k + 2 + 2 * nbins :]
+            at = 2 * k + 2 + 3 * nbins
+            bin_counts = vals[2 * k + 2 + 2 * nbins : at]
+            part_sums = [vals[at + i * k : at + (i + 1) * k] for i in range(len(part_names))]
+            part_counts = vals[at + len(part_names) * k :]
             bad = [i for i in range(k) if counts[i] > 0 and not math.isfinite(sums[i])]
             if bad or (scaler is None and not math.isfinite(grad_norm)):
                 # Nothing of this step is ever saved: the in-memory model is abandoned.
@@ -641,7 +659,7 @@ def _train(
             if engine is not None:
                 engine.after_optimizer_step(compute_losses, tb_batch)
             step += 1
-            window.add(sums, counts, bin_sums, bin_counts, bin_weights)
+            window.add(sums, counts, bin_sums, bin_counts, bin_weights, part_sums, part_counts)
             if pbar is not None:
                 total_n = sum(counts)
                 pbar.update(1)
@@ -677,6 +695,10 @@ def _train(
                         {
                             "loss/total": line["loss"],
                             "loss/cluster": line["cluster_losses"],
+                            **{
+                                f"loss/cluster_{name}": line[f"cluster_{name}"]
+                                for name in part_names
+                            },
                             "weights/cluster": line["weights"],
                             "balancer": {
                                 k_: v for k_, v in (record or {}).items() if k_ != "weights"
