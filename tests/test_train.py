@@ -493,7 +493,8 @@ def test_a_weighted_loss_logs_its_unweighted_mse_and_plain_eps_mse_logs_no_parts
     tmp_path: Path,
 ) -> None:
     """P2 logs w(t)·MSE as the loss (w ≤ 1, ≪ 1 at the clean end) and the plain MSE beside it;
-    ε-MSE without a weighting has no parts (its loss is the MSE); inside the engine's vmap pass
+    ε-MSE without a weighting has no parts (its loss is the MSE), nor has a run with
+    ``train.log_loss_parts=false``; inside the engine's vmap pass
     there are no plain values to keep, so a PCGrad vmap line pools no samples."""
     clean_first = [
         "ant.k=2",
@@ -507,10 +508,13 @@ def test_a_weighted_loss_logs_its_unweighted_mse_and_plain_eps_mse_logs_no_parts
     assert "cluster_vb" not in r and r["parts_counts"] == r["counts"] == [5, 5]
     assert r["cluster_losses"][0] < 0.1 * r["cluster_mse"][0]  # 1/(1 + SNR) at t < 100
     assert r["cluster_losses"][1] < r["cluster_mse"][1]
-    run = tmp_path / "eps"
-    train(tiny(run, "train.steps=1"), log=None)
-    (r,) = MetricsLog.read(run / "metrics.jsonl")
-    assert not {"cluster_mse", "cluster_vb", "parts_counts"} & r.keys()
+    for name, extra in {
+        "eps": [],
+        "off": ["diffusion.weighting=p2", "train.log_loss_parts=false"],
+    }.items():
+        train(tiny(tmp_path / name, "train.steps=1", *extra), log=None)
+        (r,) = MetricsLog.read(tmp_path / name / "metrics.jsonl")
+        assert not {"cluster_mse", "cluster_vb", "parts_counts"} & r.keys(), name
     run = tmp_path / "vmap"
     pcgrad = ["ant.enabled=true", "ant.balancer=pcgrad", "ant.engine=vmap"]
     train(tiny(run, "train.steps=1", "diffusion.learned_variance=true", *pcgrad), log=None)

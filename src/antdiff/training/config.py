@@ -240,6 +240,12 @@ class TrainConfig:
         "mean is over t uniform in the bin (samples weighted by 1/(T·p(t)) under stratified "
         "sampling). 0 = off.",
     )
+    log_loss_parts: bool = _f(
+        True,
+        "With a loss weighting or the hybrid loss, also log each cluster's unweighted ε-MSE "
+        "(`cluster_mse`) and, with learned σ, its λ·T·L_t (`cluster_vb`): what the logged loss "
+        "is made of. Costs a few small kernels per step and no synchronisation.",
+    )
     ckpt_every: int = _f(5000, "Write a checkpoint every N steps (and always at the end).")
     keep_last: int = _f(3, "Keep the last N checkpoints (older ones are deleted).")
     sample_every: int = _f(0, "Write an EMA sample grid every N steps (0 = only at the end).")
@@ -441,6 +447,7 @@ RESUME_SAFE_KEYS: tuple[str, ...] = (
     "train.tf32",
     "train.log_every",
     "train.log_loss_bins",
+    "train.log_loss_parts",
     "train.ckpt_every",
     "train.keep_last",
     "train.sample_every",

@@ -492,7 +492,8 @@ def _train(
         bin_iw = to_device((1.0 / (p_t.numel() * p_t)).float(), device)
     # A weighted or hybrid loss is a mixture: log its parts per cluster too (LossParts).
     loss_parts = None
-    if objective.weighting is not None or objective.learned_variance:
+    mixture = objective.weighting is not None or objective.learned_variance
+    if cfg.train.log_loss_parts and mixture:
         loss_parts = LossParts(mine.numel(), objective.learned_variance, device)
     part_names = () if loss_parts is None else ("mse", "vb") if loss_parts.hybrid else ("mse",)
     window = WindowStats(k, bins=nbins, parts=part_names)
