@@ -199,10 +199,18 @@ def antdiff_run(cfg: Any, warmup: int) -> dict[str, Any]:
         stopped_at=result.step,
         interrupted=result.interrupted,
     )
+    train_lines = [r for r in lines if "loss" in r]
+    last = train_lines[-1] if train_lines else {}
     return {
         **rate,
         "peak_mem_gib": training_peak(lines, torch.cuda.max_memory_allocated() / 2**30),
         "wall_s": wall,
+        # a weighted or hybrid loss's parts in the last window (train.log_loss_parts), if logged
+        "loss_parts": {
+            k: last[k]
+            for k in ("cluster_losses", "cluster_mse", "cluster_vb", "parts_counts")
+            if k in last
+        },
     }
 
 
