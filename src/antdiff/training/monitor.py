@@ -68,8 +68,8 @@ class LossParts:
     the step's ``compute_losses`` computes them, in place (no device synchronisation, no extra
     forward pass); calls inside a ``torch.func`` transform (the engine's ``vmap`` mode) carry no
     plain values and are skipped, so such steps add nothing and ``parts_counts`` says how many
-    samples each cluster's parts pool. A padding copy of the padded ``split`` engine writes its
-    sample's own values again.
+    samples each cluster's parts pool. A padding copy of the padded ``split`` engine is its
+    sample again and counts once (with dropout its values are another draw of that sample's).
     """
 
     def __init__(self, batch_size: int, hybrid: bool, device: torch.device | str) -> None:
