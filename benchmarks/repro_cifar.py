@@ -782,6 +782,52 @@ def cluster_loss_ratios(
     return out
 
 
+def loss_parts_across_runs(runs: list[Path], window: int = 5) -> dict[str, dict[str, Any]]:
+    """What each cluster's loss is made of, for every run that logged its parts (a weighted or
+    hybrid loss, ``train.log_loss_parts``): over the last ``window`` log windows, the unweighted
+    ε-MSE per cluster, the learned-σ term λ·T·L_t (``vb``) and its share of the logged cluster
+    loss (hybrid only), and the ε-MSE over that of ``vanilla-<loss>-s<seed>`` when that run
+    logged its parts over the same clusters (None otherwise: cluster i of other intervals is
+    other timesteps). ``{run: {"last step", "clusters", "mse", "vb", "vb_share", "vanilla",
+    "mse_ratio"}}``, each list clean → noisy, None where a cluster had no sample."""
+    from antdiff.analysis.logs import read_training_log
+
+    def tail(x: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a cluster never sampled: NaN
+            return np.nanmean(x[-window:], axis=0)
+
+    def listed(x: np.ndarray | None) -> list[float | None] | None:
+        return None if x is None else [float(v) if np.isfinite(v) else None for v in x]
+
+    logs = {}
+    for run in runs:
+        log = read_training_log(run)
+        if log.steps.size and log.cluster_mse.size:
+            diff = log.config.get("diffusion", {})
+            loss = "hybrid" if diff.get("learned_variance") else "eps"
+            logs[run.name] = (log, f"vanilla-{loss}-s{log.config.get('run', {}).get('seed')}")
+    out: dict[str, dict[str, Any]] = {}
+    for name, (log, partner) in sorted(logs.items()):
+        mse = tail(log.cluster_mse)
+        vb = tail(log.cluster_vb) if log.cluster_vb.size else None
+        ratio = None
+        if partner in logs and partner != name:
+            ref = logs[partner][0]
+            if ref.clusters == log.clusters:
+                ratio = mse / tail(ref.cluster_mse)
+        out[name] = {
+            "last step": int(log.steps[-1]),
+            "clusters": None if log.clusters is None else [list(c) for c in log.clusters.intervals],
+            "mse": listed(mse),
+            "vb": listed(vb),
+            "vb_share": listed(None if vb is None else vb / tail(log.cluster_losses)),
+            "vanilla": partner if ratio is not None else None,
+            "mse_ratio": listed(ratio),
+        }
+    return out
+
+
 def _intervals_text(clusters: Any) -> str:
     return ", ".join(f"[{a}, {b}]" for a, b in clusters.intervals)
 
@@ -1824,6 +1870,35 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                 else []
             ),
         ]
+    parts = loss_parts_across_runs(runs) if runs else {}
+    if parts:
+
+        def nums(xs: list[float | None] | None, fmt: str) -> str:
+            return "—" if xs is None else ", ".join("—" if x is None else fmt.format(x) for x in xs)
+
+        lines += [
+            "",
+            "### Loss parts per cluster (weighted or hybrid runs that logged them)",
+            "",
+            "Over the last five log windows, clean → noisy: the unweighted ε-MSE, the learned-σ "
+            "term λ·T·L_t as a share of the logged cluster loss (hybrid), and the ε-MSE over that "
+            "of vanilla of the same loss and seed where vanilla logged its parts over the same "
+            "clusters:",
+            "",
+            *_md_table(
+                ["run", "last step", "ε-MSE", "λ·T·L_t share", "ε-MSE / vanilla's"],
+                [
+                    [
+                        r,
+                        str(v["last step"]),
+                        nums(v["mse"], "{:.4f}"),
+                        nums(v["vb_share"], "{:.2f}"),
+                        nums(v["mse_ratio"], "{:.2f}"),
+                    ]
+                    for r, v in parts.items()
+                ],
+            ),
+        ]
     # the early-training view pairs a log with the FID at the window's end (2500): of a name's
     # runs, the first that was evaluated there (a later rerun may evaluate every 5000 only)
     view = optimizer_view([_evaluated_at(i, 2500) for i in instances.values()]) if runs else {}
@@ -1846,6 +1921,7 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                 "vanilla_contrasts": contrasts,
                 "cluster_loss_ratio": ratios,
                 "cluster_loss_ratio_left_out": ratios_left_out,
+                "loss_parts": parts,
                 "optimizer": view,
                 "repeats": repeats,
                 "ntg": ntg,

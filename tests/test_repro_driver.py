@@ -1243,3 +1243,72 @@ def test_project_shows_what_the_final_deadline_would_stop(tmp_path):
     assert row in out
     bad = subprocess.run([*cmd, "--deadline", "9am"], capture_output=True, text=True)
     assert bad.returncode != 0 and "HH:MM:SS" in bad.stderr
+
+
+def test_loss_parts_across_runs_say_what_each_clusters_loss_is_made_of(tmp_path):
+    """A hybrid run's ε-MSE and λ·T·L_t per cluster over the last windows, the learned-σ term's
+    share of the cluster loss, and its ε-MSE against vanilla's of the same loss and seed — only
+    where vanilla logged parts over the same clusters. Runs without parts are not listed."""
+    import yaml
+
+    repro_cifar = _driver_module()
+    from antdiff.clustering import TaskClusters
+
+    def run(name, seed, parts, intervals=((0, 499), (500, 999)), weighting="none"):
+        d = tmp_path / "runs" / name
+        d.mkdir(parents=True)
+        TaskClusters(intervals, 1000).to_json(d / "clusters.json")
+        cfg = {"run": {"seed": seed}, "ant": {"enabled": False, "k": 2},
+               "diffusion": {"learned_variance": True, "weighting": weighting}}  # fmt: skip
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        lines = []
+        for i in range(4):
+            line = {"step": 100 * (i + 1), "loss": 1.0}
+            if parts is not None:
+                mse, vb = parts
+                line |= {"cluster_losses": [m + v for m, v in zip(mse, vb)],
+                         "cluster_mse": mse, "cluster_vb": vb, "parts_counts": [5, 5]}  # fmt: skip
+            else:
+                line["cluster_losses"] = [1.0, 0.1]
+            lines.append(line)
+        (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        return d
+
+    runs = [
+        run("vanilla-hybrid-s0", 0, ([0.10, 0.010], [0.02, 0.0001])),
+        # P2-weighted, with the cleanest cluster's loss mostly the unweighted learned-σ term
+        run("timestep-uw+p2-hybrid-s0", 0, ([0.20, 0.005], [0.06, 0.0001]), weighting="p2"),
+        run("snr-uw-hybrid-s0", 0, ([0.30, 0.02], [0.01, 0.0001]), ((0, 4), (5, 999))),
+        run("timestep-uw-hybrid-s1", 1, ([0.1, 0.01], [0.01, 0.0001])),  # no vanilla of seed 1
+        run("old-hybrid-s0", 0, None),  # logged before the parts: not listed
+    ]
+    got = repro_cifar.loss_parts_across_runs(runs, window=2)
+    assert set(got) == {"vanilla-hybrid-s0", "timestep-uw+p2-hybrid-s0", "snr-uw-hybrid-s0",
+                        "timestep-uw-hybrid-s1"}  # fmt: skip
+    p2 = got["timestep-uw+p2-hybrid-s0"]
+    assert p2["vanilla"] == "vanilla-hybrid-s0" and p2["last step"] == 400
+    np.testing.assert_allclose(p2["mse"], [0.20, 0.005])
+    np.testing.assert_allclose(p2["vb_share"], [0.06 / 0.26, 0.0001 / 0.0051])
+    np.testing.assert_allclose(p2["mse_ratio"], [2.0, 0.5])
+    # other clusters than vanilla's, or no vanilla of the seed: no ratio, parts still listed
+    for name in ("snr-uw-hybrid-s0", "timestep-uw-hybrid-s1"):
+        assert got[name]["mse_ratio"] is None and got[name]["vanilla"] is None
+    assert got["snr-uw-hybrid-s0"]["clusters"] == [[0, 4], [5, 999]]
+    assert got["vanilla-hybrid-s0"]["mse_ratio"] is None  # not compared with itself
+    # `table` finds the run folders beside the result files and shows the same numbers
+    point = {"step": 400, "n": 10, "fid": 50.0, "precision": 0.5, "recall": 0.5, "floor": 1.0}
+    (tmp_path / "phase2-vanilla-hybrid-s0.json").write_text(
+        json.dumps({"run": "vanilla-hybrid-s0", "seed": 0, "curve": [point]})
+    )
+    out = tmp_path / "table"
+    cmd = [sys.executable, str(DRIVER), "table", "--from", str(tmp_path), "--results", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    section = (out / "table.md").read_text().split("### Loss parts per cluster", 1)[1]
+    assert (
+        "| timestep-uw+p2-hybrid-s0 | 400 | 0.2000, 0.0050 | 0.23, 0.02 | 2.00, 0.50 |" in section
+    )
+    assert "| snr-uw-hybrid-s0 | 400 | 0.3000, 0.0200 | 0.03, 0.00 | — |" in section
+    assert "old-hybrid-s0" not in section
+    saved = json.loads((out / "table.json").read_text())["loss_parts"]
+    assert saved["timestep-uw+p2-hybrid-s0"]["mse_ratio"] == pytest.approx([2.0, 0.5])
