@@ -556,11 +556,13 @@ def summarize(a: argparse.Namespace) -> list[Path]:
 def tail_mean(x: np.ndarray, last: slice) -> list[float] | None:
     """Column means over the ``last`` rows ignoring NaN (None for a series the run did not log;
     NaN where no recorded window had the cluster)."""
-    if not x.size:
-        return None
+    return _nan_column_means(x[last]).tolist() if x.size else None
+
+
+def _nan_column_means(x: np.ndarray) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column is NaN, said so
-        return np.nanmean(x[last], axis=0).tolist()
+        return np.nanmean(x, axis=0)
 
 
 def _method_of(run: str) -> str:
@@ -792,10 +794,8 @@ def loss_parts_across_runs(runs: list[Path], window: int = 5) -> dict[str, dict[
     "mse_ratio"}}``, each list clean → noisy, None where a cluster had no sample."""
     from antdiff.analysis.logs import read_training_log
 
-    def tail(x: np.ndarray) -> np.ndarray:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a cluster never sampled: NaN
-            return np.nanmean(x[-window:], axis=0)
+    def tail(x: np.ndarray) -> np.ndarray:  # a cluster never sampled: NaN
+        return _nan_column_means(x[-window:])
 
     def listed(x: np.ndarray | None) -> list[float | None] | None:
         return None if x is None else [float(v) if np.isfinite(v) else None for v in x]
