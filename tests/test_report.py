@@ -199,12 +199,19 @@ def test_a_hybrid_run_shows_what_each_clusters_loss_is_made_of(tmp_path):
     try:
         train(tiny(tmp_path / "hyb", "train.steps=2", "diffusion.learned_variance=true"), log=None)
         train(tiny(tmp_path / "eps", "train.steps=2"), log=None)
+        vmap = ["ant.enabled=true", "ant.balancer=pcgrad", "ant.engine=vmap"]
+        hybrid = ["diffusion.learned_variance=true"]
+        train(tiny(tmp_path / "vmap", "train.steps=1", *hybrid, *vmap), log=None)
     finally:
         torch.set_num_threads(n)
-    text = write_report([tmp_path / "hyb", tmp_path / "eps"], tmp_path / "r").read_text()
+    runs = [tmp_path / "hyb", tmp_path / "eps", tmp_path / "vmap"]
+    text = write_report(runs, tmp_path / "r").read_text()
     section = text.split("## Per-cluster losses", 1)[1].split("\n## ", 1)[0]
-    hyb, eps = section.split("### eps", 1)
+    hyb, rest = section.split("### eps", 1)
+    eps, vmap = rest.split("### vmap", 1)
     assert "Parts of the loss per cluster" in hyb and "Parts of the loss" not in eps
+    # a PCGrad vmap run computes every loss inside the transform: said so, no table of dashes
+    assert "No loss parts recorded" in vmap and "MSE_0" not in vmap
     log = read_training_log(tmp_path / "hyb")
     last = [2, *log.cluster_mse[-1], *log.cluster_vb[-1]]
     shown = ["2"] + [f"{v:.4g}" if np.isfinite(v) else "–" for v in last[1:]]  # – : no sample

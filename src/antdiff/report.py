@@ -295,8 +295,13 @@ def _training_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
             i, v = _row_at(log.cluster_losses, frac)
             rows.append([int(log.steps[i]), *[float(x) for x in v]])
         w.p(_table(["step", *[f"L_{i}" for i in range(log.k)]], rows))
-        if log.cluster_mse.size:
+        if log.cluster_mse.size and np.isfinite(log.cluster_mse).any():
             _loss_parts_table(w, log)
+        elif log.cluster_mse.size:  # every loss of the run computed inside a vmap pass
+            w.p(
+                "*No loss parts recorded: every step computed its losses inside the gradient "
+                "engine's `vmap` pass (`parts_counts` 0), where they have no plain values.*"
+            )
 
 
 def _loss_parts_table(w: _Writer, log: TrainingLog) -> None:
