@@ -543,11 +543,15 @@ def summarize(a: argparse.Namespace) -> list[Path]:
             "| run | unweighted ε-MSE | vb = λ·T·L_t (hybrid) |",
             "|---|---|---|",
         ]
+
+        def nums(xs: list[float] | None) -> str:  # — : not logged, or no sample recorded
+            return (
+                "—" if xs is None else ", ".join(f"{v:.4f}" if np.isfinite(v) else "—" for v in xs)
+            )
+
         for r in with_parts:
-            mse = ", ".join(f"{v:.4f}" for v in r["cluster_mse_tail"])
-            vb = r["cluster_vb_tail"]
             lines.append(
-                f"| {r['run']} | {mse} | {'—' if vb is None else ', '.join(f'{v:.4f}' for v in vb)} |"
+                f"| {r['run']} | {nums(r['cluster_mse_tail'])} | {nums(r['cluster_vb_tail'])} |"
             )
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     return [out / "summary.json", out / "summary.md"]
