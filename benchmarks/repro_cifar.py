@@ -794,7 +794,10 @@ def loss_parts_across_runs(runs: list[Path], window: int = 5) -> dict[str, dict[
     ε-MSE per cluster, the learned-σ term λ·T·L_t (``vb``) and its share of the logged cluster
     loss (hybrid only), and the ε-MSE over that of ``vanilla-<loss>-s<seed>`` when that run
     logged its parts over the same clusters (None otherwise: cluster i of other intervals is
-    other timesteps). ``{run: {"last step", "clusters", "mse", "vb", "vb_share", "vanilla",
+    other timesteps). With ``diffusion.weight_vlb`` the logged loss is w(t)·(MSE + vb) while the
+    parts are unweighted, so the share is vb / (MSE + vb) instead (``vb_share_of``: "unweighted
+    hybrid loss"; w(t)·vb's share of the logged loss when w is constant over the cluster).
+    ``{run: {"last step", "clusters", "mse", "vb", "vb_share", "vb_share_of", "vanilla",
     "mse_ratio"}}``, each list clean → noisy, None where a cluster had no sample."""
     from antdiff.analysis.logs import read_training_log
 
@@ -815,6 +818,9 @@ def loss_parts_across_runs(runs: list[Path], window: int = 5) -> dict[str, dict[
     for name, (log, partner) in sorted(logs.items()):
         mse = tail(log.cluster_mse)
         vb = tail(log.cluster_vb) if log.cluster_vb.size else None
+        # the parts are unweighted; a weight on the whole hybrid loss multiplies both
+        whole = bool(log.config.get("diffusion", {}).get("weight_vlb"))
+        share = None if vb is None else vb / ((mse + vb) if whole else tail(log.cluster_losses))
         ratio = None
         if partner in logs and partner != name:
             ref = logs[partner][0]
@@ -825,7 +831,10 @@ def loss_parts_across_runs(runs: list[Path], window: int = 5) -> dict[str, dict[
             "clusters": None if log.clusters is None else [list(c) for c in log.clusters.intervals],
             "mse": listed(mse),
             "vb": listed(vb),
-            "vb_share": listed(None if vb is None else vb / tail(log.cluster_losses)),
+            "vb_share": listed(share),
+            "vb_share_of": None
+            if vb is None
+            else ("unweighted hybrid loss" if whole else "logged loss"),
             "vanilla": partner if ratio is not None else None,
             "mse_ratio": listed(ratio),
         }
@@ -1887,7 +1896,8 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
             "Over the last five log windows, clean → noisy: the unweighted ε-MSE, the learned-σ "
             "term λ·T·L_t as a share of the logged cluster loss (hybrid), and the ε-MSE over that "
             "of vanilla of the same loss and seed where vanilla logged its parts over the same "
-            "clusters:",
+            "clusters (* a weight on the whole hybrid loss, `diffusion.weight_vlb`: the share is "
+            "λ·T·L_t / (ε-MSE + λ·T·L_t), since the logged parts are unweighted):",
             "",
             *_md_table(
                 ["run", "last step", "ε-MSE", "λ·T·L_t share", "ε-MSE / vanilla's"],
@@ -1896,7 +1906,8 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                         r,
                         str(v["last step"]),
                         nums(v["mse"], "{:.4f}"),
-                        nums(v["vb_share"], "{:.2f}"),
+                        nums(v["vb_share"], "{:.2f}")
+                        + ("*" if v["vb_share_of"] == "unweighted hybrid loss" else ""),
                         nums(v["mse_ratio"], "{:.2f}"),
                     ]
                     for r, v in parts.items()

@@ -1254,19 +1254,21 @@ def test_loss_parts_across_runs_say_what_each_clusters_loss_is_made_of(tmp_path)
     repro_cifar = _driver_module()
     from antdiff.clustering import TaskClusters
 
-    def run(name, seed, parts, intervals=((0, 499), (500, 999)), weighting="none"):
+    def run(name, seed, parts, intervals=((0, 499), (500, 999)), weighting="none", whole=False):
         d = tmp_path / "runs" / name
         d.mkdir(parents=True)
         TaskClusters(intervals, 1000).to_json(d / "clusters.json")
         cfg = {"run": {"seed": seed}, "ant": {"enabled": False, "k": 2},
-               "diffusion": {"learned_variance": True, "weighting": weighting}}  # fmt: skip
+               "diffusion": {"learned_variance": True, "weighting": weighting,
+                             "weight_vlb": whole}}  # fmt: skip
         (d / "config.yaml").write_text(yaml.safe_dump(cfg))
         lines = []
         for i in range(4):
             line = {"step": 100 * (i + 1), "loss": 1.0}
             if parts is not None:
                 mse, vb = parts
-                line |= {"cluster_losses": [m + v for m, v in zip(mse, vb)],
+                w = 0.1 if whole else 1.0  # the logged loss w·(MSE + vb): the parts unweighted
+                line |= {"cluster_losses": [w * (m + v) for m, v in zip(mse, vb)],
                          "cluster_mse": mse, "cluster_vb": vb, "parts_counts": [5, 5]}  # fmt: skip
             else:
                 line["cluster_losses"] = [1.0, 0.1]
@@ -1281,14 +1283,23 @@ def test_loss_parts_across_runs_say_what_each_clusters_loss_is_made_of(tmp_path)
         run("snr-uw-hybrid-s0", 0, ([0.30, 0.02], [0.01, 0.0001]), ((0, 4), (5, 999))),
         run("timestep-uw-hybrid-s1", 1, ([0.1, 0.01], [0.01, 0.0001])),  # no vanilla of seed 1
         run("old-hybrid-s0", 0, None),  # logged before the parts: not listed
+        # P2 on the whole hybrid loss: the logged loss is far below the unweighted parts
+        run(
+            "uw+p2-whole-hybrid-s0", 0, ([0.16, 0.005], [0.04, 0.0001]), weighting="p2", whole=True
+        ),
     ]
     got = repro_cifar.loss_parts_across_runs(runs, window=2)
     assert set(got) == {"vanilla-hybrid-s0", "timestep-uw+p2-hybrid-s0", "snr-uw-hybrid-s0",
-                        "timestep-uw-hybrid-s1"}  # fmt: skip
+                        "timestep-uw-hybrid-s1", "uw+p2-whole-hybrid-s0"}  # fmt: skip
     p2 = got["timestep-uw+p2-hybrid-s0"]
     assert p2["vanilla"] == "vanilla-hybrid-s0" and p2["last step"] == 400
     np.testing.assert_allclose(p2["mse"], [0.20, 0.005])
     np.testing.assert_allclose(p2["vb_share"], [0.06 / 0.26, 0.0001 / 0.0051])
+    assert p2["vb_share_of"] == "logged loss"
+    # a share of the logged w·(MSE + vb) from unweighted parts would exceed 1 (2.0 here)
+    whole = got["uw+p2-whole-hybrid-s0"]
+    np.testing.assert_allclose(whole["vb_share"], [0.04 / 0.20, 0.0001 / 0.0051])
+    assert whole["vb_share_of"] == "unweighted hybrid loss"
     np.testing.assert_allclose(p2["mse_ratio"], [2.0, 0.5])
     # other clusters than vanilla's, or no vanilla of the seed: no ratio, parts still listed
     for name in ("snr-uw-hybrid-s0", "timestep-uw-hybrid-s1"):
@@ -1309,6 +1320,7 @@ def test_loss_parts_across_runs_say_what_each_clusters_loss_is_made_of(tmp_path)
         "| timestep-uw+p2-hybrid-s0 | 400 | 0.2000, 0.0050 | 0.23, 0.02 | 2.00, 0.50 |" in section
     )
     assert "| snr-uw-hybrid-s0 | 400 | 0.3000, 0.0200 | 0.03, 0.00 | — |" in section
+    assert "| uw+p2-whole-hybrid-s0 | 400 | 0.1600, 0.0050 | 0.20, 0.02* | 1.60, 0.50 |" in section
     assert "old-hybrid-s0" not in section
     saved = json.loads((out / "table.json").read_text())["loss_parts"]
     assert saved["timestep-uw+p2-hybrid-s0"]["mse_ratio"] == pytest.approx([2.0, 0.5])
