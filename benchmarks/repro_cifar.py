@@ -794,11 +794,12 @@ def loss_parts_across_runs(runs: list[Path], window: int = 5) -> dict[str, dict[
     ε-MSE per cluster, the learned-σ term λ·T·L_t (``vb``) and its share of the logged cluster
     loss (hybrid only), and the ε-MSE over that of ``vanilla-<loss>-s<seed>`` when that run
     logged its parts over the same clusters (None otherwise: cluster i of other intervals is
-    other timesteps). With ``diffusion.weight_vlb`` the logged loss is w(t)·(MSE + vb) while the
+    other timesteps), both over the last ``window`` log steps the two logs share (the step of
+    the last in ``ratio_step``: a run stopped at 5k against a vanilla run of 10k compares at 5k). With ``diffusion.weight_vlb`` the logged loss is w(t)·(MSE + vb) while the
     parts are unweighted, so the share is vb / (MSE + vb) instead (``vb_share_of``: "unweighted
     hybrid loss"; w(t)·vb's share of the logged loss when w is constant over the cluster).
     ``{run: {"last step", "clusters", "mse", "vb", "vb_share", "vb_share_of", "vanilla",
-    "mse_ratio"}}``, each list clean → noisy, None where a cluster had no sample."""
+    "mse_ratio", "ratio_step"}}``, each list clean → noisy, None where a cluster had no sample."""
     from antdiff.analysis.logs import read_training_log
 
     def tail(x: np.ndarray) -> np.ndarray:  # a cluster never sampled: NaN
@@ -821,11 +822,13 @@ def loss_parts_across_runs(runs: list[Path], window: int = 5) -> dict[str, dict[
         # the parts are unweighted; a weight on the whole hybrid loss multiplies both
         whole = bool(log.config.get("diffusion", {}).get("weight_vlb"))
         share = None if vb is None else vb / ((mse + vb) if whole else tail(log.cluster_losses))
-        ratio = None
+        ratio, ratio_step = None, None
         if partner in logs and partner != name:
             ref = logs[partner][0]
-            if ref.clusters == log.clusters:
-                ratio = mse / tail(ref.cluster_mse)
+            common, ia, ib = np.intersect1d(log.steps, ref.steps, return_indices=True)
+            if ref.clusters == log.clusters and common.size:
+                ratio = tail(log.cluster_mse[ia]) / tail(ref.cluster_mse[ib])
+                ratio_step = int(common[-1])
         out[name] = {
             "last step": int(log.steps[-1]),
             "clusters": None if log.clusters is None else [list(c) for c in log.clusters.intervals],
@@ -837,6 +840,7 @@ def loss_parts_across_runs(runs: list[Path], window: int = 5) -> dict[str, dict[
             else ("unweighted hybrid loss" if whole else "logged loss"),
             "vanilla": partner if ratio is not None else None,
             "mse_ratio": listed(ratio),
+            "ratio_step": ratio_step,
         }
     return out
 
@@ -1896,8 +1900,9 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
             "Over the last five log windows, clean → noisy: the unweighted ε-MSE, the learned-σ "
             "term λ·T·L_t as a share of the logged cluster loss (hybrid), and the ε-MSE over that "
             "of vanilla of the same loss and seed where vanilla logged its parts over the same "
-            "clusters (* a weight on the whole hybrid loss, `diffusion.weight_vlb`: the share is "
-            "λ·T·L_t / (ε-MSE + λ·T·L_t), since the logged parts are unweighted):",
+            "clusters, at the last log steps both share (the step in brackets where it is not "
+            "the run's last) (* a weight on the whole hybrid loss, `diffusion.weight_vlb`: the "
+            "share is λ·T·L_t / (ε-MSE + λ·T·L_t), since the logged parts are unweighted):",
             "",
             *_md_table(
                 ["run", "last step", "ε-MSE", "λ·T·L_t share", "ε-MSE / vanilla's"],
@@ -1908,7 +1913,12 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
                         nums(v["mse"], "{:.4f}"),
                         nums(v["vb_share"], "{:.2f}")
                         + ("*" if v["vb_share_of"] == "unweighted hybrid loss" else ""),
-                        nums(v["mse_ratio"], "{:.2f}"),
+                        nums(v["mse_ratio"], "{:.2f}")
+                        + (
+                            f" (at {v['ratio_step']})"
+                            if v["ratio_step"] not in (None, v["last step"])
+                            else ""
+                        ),
                     ]
                     for r, v in parts.items()
                 ],

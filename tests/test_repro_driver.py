@@ -1254,7 +1254,9 @@ def test_loss_parts_across_runs_say_what_each_clusters_loss_is_made_of(tmp_path)
     repro_cifar = _driver_module()
     from antdiff.clustering import TaskClusters
 
-    def run(name, seed, parts, intervals=((0, 499), (500, 999)), weighting="none", whole=False):
+    def run(
+        name, seed, parts, intervals=((0, 499), (500, 999)), weighting="none", whole=False, steps=4
+    ):
         d = tmp_path / "runs" / name
         d.mkdir(parents=True)
         TaskClusters(intervals, 1000).to_json(d / "clusters.json")
@@ -1263,10 +1265,10 @@ def test_loss_parts_across_runs_say_what_each_clusters_loss_is_made_of(tmp_path)
                              "weight_vlb": whole}}  # fmt: skip
         (d / "config.yaml").write_text(yaml.safe_dump(cfg))
         lines = []
-        for i in range(4):
+        for i in range(steps):
             line = {"step": 100 * (i + 1), "loss": 1.0}
-            if parts is not None:
-                mse, vb = parts
+            if parts is not None:  # (mse, vb), or a list of them: the first two steps, the rest
+                mse, vb = parts if isinstance(parts, tuple) else parts[min(i // 2, 1)]
                 w = 0.1 if whole else 1.0  # the logged loss w·(MSE + vb): the parts unweighted
                 line |= {"cluster_losses": [w * (m + v) for m, v in zip(mse, vb)],
                          "cluster_mse": mse, "cluster_vb": vb, "parts_counts": [5, 5]}  # fmt: skip
@@ -1287,10 +1289,15 @@ def test_loss_parts_across_runs_say_what_each_clusters_loss_is_made_of(tmp_path)
         run(
             "uw+p2-whole-hybrid-s0", 0, ([0.16, 0.005], [0.04, 0.0001]), weighting="p2", whole=True
         ),
+        # seed 2: vanilla logged to step 400, the other run to 200 only; vanilla's loss falls,
+        # so a comparison with vanilla's last windows would halve the ratio
+        run("vanilla-hybrid-s2", 2, [([0.2, 0.02], [0.01, 0.0]), ([0.1, 0.01], [0.01, 0.0])]),
+        run("timestep-uw-hybrid-s2", 2, ([0.2, 0.02], [0.01, 0.0]), steps=2),
     ]
     got = repro_cifar.loss_parts_across_runs(runs, window=2)
     assert set(got) == {"vanilla-hybrid-s0", "timestep-uw+p2-hybrid-s0", "snr-uw-hybrid-s0",
-                        "timestep-uw-hybrid-s1", "uw+p2-whole-hybrid-s0"}  # fmt: skip
+                        "timestep-uw-hybrid-s1", "uw+p2-whole-hybrid-s0", "vanilla-hybrid-s2",
+                        "timestep-uw-hybrid-s2"}  # fmt: skip
     p2 = got["timestep-uw+p2-hybrid-s0"]
     assert p2["vanilla"] == "vanilla-hybrid-s0" and p2["last step"] == 400
     np.testing.assert_allclose(p2["mse"], [0.20, 0.005])
@@ -1300,6 +1307,11 @@ def test_loss_parts_across_runs_say_what_each_clusters_loss_is_made_of(tmp_path)
     whole = got["uw+p2-whole-hybrid-s0"]
     np.testing.assert_allclose(whole["vb_share"], [0.04 / 0.20, 0.0001 / 0.0051])
     assert whole["vb_share_of"] == "unweighted hybrid loss"
+    # compared at the steps both logged (100, 200), not at each log's own last windows
+    short = got["timestep-uw-hybrid-s2"]
+    assert short["last step"] == 200 and short["ratio_step"] == 200
+    np.testing.assert_allclose(short["mse_ratio"], [1.0, 1.0])
+    assert p2["ratio_step"] == 400
     np.testing.assert_allclose(p2["mse_ratio"], [2.0, 0.5])
     # other clusters than vanilla's, or no vanilla of the seed: no ratio, parts still listed
     for name in ("snr-uw-hybrid-s0", "timestep-uw-hybrid-s1"):
@@ -1322,5 +1334,6 @@ def test_loss_parts_across_runs_say_what_each_clusters_loss_is_made_of(tmp_path)
     assert "| snr-uw-hybrid-s0 | 400 | 0.3000, 0.0200 | 0.03, 0.00 | — |" in section
     assert "| uw+p2-whole-hybrid-s0 | 400 | 0.1600, 0.0050 | 0.20, 0.02* | 1.60, 0.50 |" in section
     assert "old-hybrid-s0" not in section
+    assert "| timestep-uw-hybrid-s2 | 200 | 0.2000, 0.0200 | 0.05, 0.00 | 1.00, 1.00 |" in section
     saved = json.loads((out / "table.json").read_text())["loss_parts"]
     assert saved["timestep-uw+p2-hybrid-s0"]["mse_ratio"] == pytest.approx([2.0, 0.5])
