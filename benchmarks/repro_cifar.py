@@ -793,8 +793,8 @@ def loss_parts_across_runs(runs: list[Path], window: int = 5) -> dict[str, dict[
     hybrid loss, ``train.log_loss_parts``): over the last ``window`` log windows, the unweighted
     ε-MSE per cluster, the learned-σ term λ·T·L_t (``vb``) and its share of the logged cluster
     loss (hybrid only), and the ε-MSE over that of ``vanilla-<loss>-s<seed>`` when that run
-    logged its parts over the same clusters (None otherwise: cluster i of other intervals is
-    other timesteps), both over the last ``window`` log steps the two logs share (the step of
+    logged its parts, or is plain unweighted ε-MSE (its cluster losses are its ε-MSE), over the
+    same clusters (None otherwise: cluster i of other intervals is other timesteps), both over the last ``window`` log steps the two logs share (the step of
     the last in ``ratio_step``: a run stopped at 5k against a vanilla run of 10k compares at
     5k). With ``diffusion.weight_vlb`` the logged loss is w(t)·(MSE + vb) while the parts are
     unweighted, so the share is vb / (MSE + vb) instead (``vb_share_of``: "unweighted hybrid
@@ -809,13 +809,19 @@ def loss_parts_across_runs(runs: list[Path], window: int = 5) -> dict[str, dict[
     def listed(x: np.ndarray | None) -> list[float | None] | None:
         return None if x is None else [float(v) if np.isfinite(v) else None for v in x]
 
-    logs = {}
+    logs, eps_mse = {}, {}  # eps_mse: each run's unweighted ε-MSE per cluster and log line
     for run in runs:
         log = read_training_log(run)
-        if log.steps.size and log.cluster_mse.size:
-            diff = log.config.get("diffusion", {})
-            loss = "hybrid" if diff.get("learned_variance") else "eps"
+        if not log.steps.size:
+            continue
+        diff = log.config.get("diffusion", {})
+        loss = "hybrid" if diff.get("learned_variance") else "eps"
+        if log.cluster_mse.size:
             logs[run.name] = (log, f"vanilla-{loss}-s{log.config.get('run', {}).get('seed')}")
+            eps_mse[run.name] = (log, log.cluster_mse)
+        elif loss == "eps" and diff.get("weighting", "none") == "none" and log.cluster_losses.size:
+            # plain ε-MSE logs no parts: its cluster losses are its ε-MSE
+            eps_mse[run.name] = (log, log.cluster_losses)
     out: dict[str, dict[str, Any]] = {}
     for name, (log, partner) in sorted(logs.items()):
         mse = tail(log.cluster_mse)
@@ -824,11 +830,11 @@ def loss_parts_across_runs(runs: list[Path], window: int = 5) -> dict[str, dict[
         whole = bool(log.config.get("diffusion", {}).get("weight_vlb"))
         share = None if vb is None else vb / ((mse + vb) if whole else tail(log.cluster_losses))
         ratio, ratio_step = None, None
-        if partner in logs and partner != name:
-            ref = logs[partner][0]
+        if partner in eps_mse and partner != name:
+            ref, ref_mse = eps_mse[partner]
             common, ia, ib = np.intersect1d(log.steps, ref.steps, return_indices=True)
             if ref.clusters == log.clusters and common.size:
-                ratio = tail(log.cluster_mse[ia]) / tail(ref.cluster_mse[ib])
+                ratio = tail(log.cluster_mse[ia]) / tail(ref_mse[ib])
                 ratio_step = int(common[-1])
         out[name] = {
             "last step": int(log.steps[-1]),

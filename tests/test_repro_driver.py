@@ -1255,13 +1255,21 @@ def test_loss_parts_across_runs_say_what_each_clusters_loss_is_made_of(tmp_path)
     from antdiff.clustering import TaskClusters
 
     def run(
-        name, seed, parts, intervals=((0, 499), (500, 999)), weighting="none", whole=False, steps=4
+        name,
+        seed,
+        parts,
+        intervals=((0, 499), (500, 999)),
+        weighting="none",
+        whole=False,
+        steps=4,
+        hybrid=True,
+        losses=(1.0, 0.1),
     ):
         d = tmp_path / "runs" / name
         d.mkdir(parents=True)
         TaskClusters(intervals, 1000).to_json(d / "clusters.json")
         cfg = {"run": {"seed": seed}, "ant": {"enabled": False, "k": 2},
-               "diffusion": {"learned_variance": True, "weighting": weighting,
+               "diffusion": {"learned_variance": hybrid, "weighting": weighting,
                              "weight_vlb": whole}}  # fmt: skip
         (d / "config.yaml").write_text(yaml.safe_dump(cfg))
         lines = []
@@ -1273,7 +1281,7 @@ def test_loss_parts_across_runs_say_what_each_clusters_loss_is_made_of(tmp_path)
                 line |= {"cluster_losses": [w * (m + v) for m, v in zip(mse, vb)],
                          "cluster_mse": mse, "cluster_vb": vb, "parts_counts": [5, 5]}  # fmt: skip
             else:
-                line["cluster_losses"] = [1.0, 0.1]
+                line["cluster_losses"] = list(losses)
             lines.append(line)
         (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
         return d
@@ -1293,11 +1301,21 @@ def test_loss_parts_across_runs_say_what_each_clusters_loss_is_made_of(tmp_path)
         # so a comparison with vanilla's last windows would halve the ratio
         run("vanilla-hybrid-s2", 2, [([0.2, 0.02], [0.01, 0.0]), ([0.1, 0.01], [0.01, 0.0])]),
         run("timestep-uw-hybrid-s2", 2, ([0.2, 0.02], [0.01, 0.0]), steps=2),
+        # plain ε-MSE logs no parts, but its cluster losses are its ε-MSE: Min-SNR's partner
+        run("vanilla-eps-s0", 0, None, hybrid=False, losses=(0.10, 0.01)),
+        run("minsnr-eps-s0", 0, ([0.12, 0.008], [0.0, 0.0]), weighting="min_snr", hybrid=False),
+        # a weighted ε run without parts logs weighted cluster losses: never a partner
+        run("vanilla-eps-s1", 1, None, hybrid=False, weighting="p2"),
+        run("minsnr-eps-s1", 1, ([0.12, 0.008], [0.0, 0.0]), weighting="min_snr", hybrid=False),
     ]
     got = repro_cifar.loss_parts_across_runs(runs, window=2)
     assert set(got) == {"vanilla-hybrid-s0", "timestep-uw+p2-hybrid-s0", "snr-uw-hybrid-s0",
                         "timestep-uw-hybrid-s1", "uw+p2-whole-hybrid-s0", "vanilla-hybrid-s2",
-                        "timestep-uw-hybrid-s2"}  # fmt: skip
+                        "timestep-uw-hybrid-s2", "minsnr-eps-s0", "minsnr-eps-s1"}  # fmt: skip
+    minsnr = got["minsnr-eps-s0"]
+    assert minsnr["vanilla"] == "vanilla-eps-s0" and minsnr["ratio_step"] == 400
+    np.testing.assert_allclose(minsnr["mse_ratio"], [1.2, 0.8])
+    assert got["minsnr-eps-s1"]["mse_ratio"] is None and got["minsnr-eps-s1"]["vanilla"] is None
     p2 = got["timestep-uw+p2-hybrid-s0"]
     assert p2["vanilla"] == "vanilla-hybrid-s0" and p2["last step"] == 400
     np.testing.assert_allclose(p2["mse"], [0.20, 0.005])
