@@ -308,6 +308,10 @@ def test_table_averages_seeds_bolds_the_best_and_draws_the_curves(tmp_path):
     # ANT-UW's 104 at 2500 is already below vanilla's last mean (105 at 5000): 2x faster
     assert "| timestep-uw-hybrid | 105.0 (5000) | 2500 | ≥ 2.00× | none |" in md
     assert data["convergence"]["timestep-uw-hybrid"]["steps_to_target"] == 2500
+    # vanilla's FID at each of its steps: 198.0 reached at ANT-UW's first evaluation (no upper
+    # bound on the speed-up), 105.0 too: at 2500, 5000/2500 = 2× at least
+    at_each = md.split("### Iterations to vanilla's FID at each of its evaluated steps")[1]
+    assert "| timestep-uw-hybrid | 198.0: 2500 (≥ 1.00×) | 105.0: 2500 (≥ 2.00×) |" in at_each
     assert (out / "fid_curves.png").stat().st_size > 1000
     assert not (out / "cells.png").exists()  # two cells at most at a step: the curves say it
 
@@ -494,6 +498,19 @@ def test_convergence_finds_where_curves_cross_and_the_steps_to_vanillas_fid():
     assert conv["minsnr-hybrid"]["vanilla"] == "vanilla-hybrid"
     assert conv["minsnr-hybrid"]["steps_to_target"] == 2500  # 168.3 <= 198.3 at the same step
     assert conv["minsnr-hybrid"]["speedup"] == 1.0
+    # vanilla's FID at each of its steps: the iterations needed, bracketed by the evaluations
+    by_step = {t["step"]: t for t in uw["targets"]}
+    assert [t["step"] for t in uw["targets"]] == [2500, 5000, 7500]
+    assert by_step[2500]["reached_at"] == 2500
+    assert by_step[2500]["speedup_range"] == [1.0, None]  # its first evaluation: no upper bound
+    assert by_step[5000]["reached_at"] == 7500  # 43.5 first reached after 5000 (51.2), by 7500
+    np.testing.assert_allclose(by_step[5000]["speedup_range"], [5000 / 7500, 1.0])
+    np.testing.assert_allclose(by_step[7500]["speedup_range"], [1.0, 7500 / 5000])
+    minsnr = {t["step"]: t for t in conv["minsnr-eps"]["targets"]}
+    np.testing.assert_allclose(minsnr[5000]["speedup_range"], [1.0, 2.0])
+    assert minsnr[7500]["reached_at"] is None and minsnr[7500]["speedup_below"] == 1.5
+    assert "speedup_range" not in minsnr[7500]
+    assert [t["step"] for t in conv["minsnr-hybrid"]["targets"]] == [2500]  # its vanilla's steps
 
 
 def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and_seed(tmp_path):
