@@ -433,3 +433,39 @@ def test_bins_of_an_uneven_draw_of_t_are_left_out_of_comparisons(tmp_path):
     # an ANT run whose clusters are unknown: no bin can be trusted
     unknown = _binned_log(tmp_path / "unk", None, ant=stratified, marked=False)
     assert unknown.timestep_probabilities() is None and unknown.uneven_bins().all()
+
+
+def test_unweighted_bin_losses_compare_weighted_runs_with_plain_ones(tmp_path):
+    """A weighted run's bin_losses are w(t)·loss: only its logged parts per bin (``bin_mse``,
+    ``bin_vb``) are its unweighted loss, comparable with a plain run's bin_losses."""
+
+    def log(name, diffusion, extra, clusters=None, marked=True):
+        ant = "ant:\n  enabled: false\n" if clusters is None else "ant:\n  enabled: true\n  k: 5\n"
+        out = _binned_log(tmp_path / name, clusters, ant=ant + diffusion, marked=marked)
+        rows = [json.loads(s) for s in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        for r in rows:
+            r.update(extra)
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return read_training_log(tmp_path / name) if extra else out
+
+    plain = log("plain", "diffusion:\n  weighting: none\n", {})
+    np.testing.assert_array_equal(plain.unweighted_bin_losses(), plain.comparable_bin_losses())
+    assert not plain.bins_are_weighted
+    p2 = "diffusion:\n  weighting: p2\n"
+    old_p2 = log("p2-old", p2, {})
+    assert old_p2.unweighted_bin_losses() is None and old_p2.bins_are_weighted  # w(t)·MSE only
+    np.testing.assert_allclose(old_p2.bin_loss_profile(), [0.5 / (b + 1) for b in range(10)])
+    mse = [0.9 / (b + 1) for b in range(10)]
+    p2_log = log("p2", p2, {"bin_mse": mse})
+    np.testing.assert_allclose(p2_log.unweighted_bin_losses(), np.tile(mse, (3, 1)))
+    # the profile that reports and plots compare is the unweighted one where it was logged
+    assert not p2_log.bins_are_weighted
+    np.testing.assert_allclose(p2_log.bin_loss_profile(), mse)
+    vb = [0.01] * 10
+    hybrid = log("p2-hybrid", p2 + "  learned_variance: true\n", {"bin_mse": mse, "bin_vb": vb})
+    np.testing.assert_allclose(hybrid.unweighted_bin_losses(), np.tile(np.add(mse, vb), (3, 1)))
+    # an unmarked log of an uneven stratified draw: that bin is left out here too
+    snr = TaskClusters(((0, 0), (1, 1), (2, 4), (5, 17), (18, 999)))
+    old = log("p2-snr", p2, {"bin_mse": mse}, clusters=snr, marked=False).unweighted_bin_losses()
+    assert np.isnan(old[:, 0]).all() and not np.isnan(old[:, 1:]).any()
+    assert log("none", p2, {}, marked=True).bin_mse.shape == (0, 0)

@@ -104,7 +104,18 @@ def test_bin_losses_section_compares_runs_of_any_clustering_with_vanilla(tmp_pat
     # bin [0, 250) mixes t ≤ 99 (drawn 1.6× as often per timestep) with the rest: left out
     uneven = write_run(tmp_path / "uneven_run", "uw")
     TaskClusters(((0, 99), (100, 499), (500, 749), (750, 999))).to_json(uneven / "clusters.json")
-    text = write_report([uw, vanilla, old, uneven], tmp_path / "r").read_text()
+    # P2 runs: one logged its unweighted MSE per bin (3× UW's here), one only w(t)·MSE
+    p2 = {name: write_run(tmp_path / name, "uw") for name in ("p2_parts", "p2_weighted")}
+    for name, run in p2.items():
+        (run / "config.yaml").write_text(
+            "ant:\n  enabled: false\n  k: 4\ndiffusion:\n  weighting: p2\n"
+        )
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()[:-1]]
+        for r in lines:  # (the last line is one cut short by a crash)
+            if "bin_losses" in r and name == "p2_parts":
+                r["bin_mse"] = [None if v is None else 3 * v for v in r["bin_losses"]]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    text = write_report([uw, vanilla, old, uneven, *p2.values()], tmp_path / "r").read_text()
     section = text.split("## Loss per bin of t", 1)[1].split("\n## ", 1)[0]
     assert "right: ratio to vanilla_run" in section
     assert (tmp_path / "r" / "figures" / "bin_losses.png").stat().st_size > 2000
@@ -115,6 +126,10 @@ def test_bin_losses_section_compares_runs_of_any_clustering_with_vanilla(tmp_pat
     assert "old_run" not in section  # no bins: not drawn, not invented
     assert f"| uneven_run | – | {0.3 / 2 * (1 / 19 + 1 / 20) / 2:.4g} |" in section
     assert "– in uneven_run: a bin whose logged value is the sample mean over an uneven" in section
+    assert f"| p2_parts | {3 * b0:.4g} |" in section  # its unweighted MSE, not w(t)·MSE
+    assert f"| p2_weighted | {b0:.4g} |" in section
+    assert "– p2_weighted: weighted runs logged before the parts per bin existed" in section
+    assert "p2_parts:" not in section
     only_old = write_report([old], tmp_path / "r2").read_text()
     assert "loss per bin of t (no run logged bin_losses)" in only_old.split("## Missing parts")[1]
 

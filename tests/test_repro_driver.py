@@ -530,6 +530,7 @@ def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and
         intervals=((0, 499), (500, 999)),
         bins=None,
         marked=False,
+        extra=None,
     ):
         d = tmp_path / "slice" / "runs" / name
         d.mkdir(parents=True)
@@ -547,6 +548,7 @@ def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and
             line["bin_losses"] = b
             if marked:  # the trainer's means over t ~ U in each bin (twelfth session on)
                 line["bin_mean"] = "uniform_t"
+            line |= extra or {}
         (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
         return d
 
@@ -589,17 +591,46 @@ def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and
         # ANT-UW, ε-MSE, seed 0: cluster 0 rises from 1.0 to 1.2, cluster 1 halves
         run("uw-eps-s0", "uw", 0, False, "none", [[1.0, 0.1]] * 2 + [[1.2, 0.05]] * 4),
         run("minsnr-eps-s0", None, 0, False, "min_snr", [[9.0, 9.0]] * 6),  # weighted: left out
+        # weighted, with its unweighted MSE per bin (bin_mse): compared on the bins, its own
+        # bin_losses (w(t)·MSE) never
+        run(
+            "minsnr-eps-s4",
+            None,
+            4,
+            False,
+            "min_snr",
+            [[0.3, 0.1]] * 6,
+            bins=[[0.01, 0.5, 0.2, 0.1]] * 6,
+            marked=True,
+            extra={"bin_mse": [1.5, 0.5, 0.2, 0.05]},
+        ),
+        # ... but seed 0's vanilla logged no bins
+        run(
+            "p2-eps-s0",
+            None,
+            0,
+            False,
+            "p2",
+            [[0.3, 0.1]] * 6,
+            bins=[[0.01] * 4] * 6,
+            marked=True,
+            extra={"bin_mse": [1.0] * 4},
+        ),
         run("uw-eps-s2", "uw", 2, False, "none", van),  # no vanilla of seed 2: left out
         # SNR clusters: its cluster 0 is t = 0..4, vanilla's 0..499 — other timesteps
         run("snr-uw-eps-s1", "uw", 1, False, "none", [[9.0, 0.1]] * 6, ((0, 4), (5, 999))),
     ]
     left_out = {}
     got = repro_cifar.cluster_loss_ratios(runs, window=2, left_out=left_out)
-    assert set(got) == {"uw-eps-s0", "logsnr-uw-eps-s3", "logsnr-uw-eps-s4"}
+    assert set(got) == {"uw-eps-s0", "logsnr-uw-eps-s3", "logsnr-uw-eps-s4", "minsnr-eps-s4"}
     assert left_out == {
         "snr-uw-eps-s1": "clusters [0, 4], [5, 999] are not vanilla-eps-s1's [0, 499], [500, 999]"
-        ", and the logs hold no common bins of t"
+        ", and the logs hold no common bins of t",
+        "p2-eps-s0": "its loss is weighted and vanilla-eps-s0 logged no bins of t",
     }
+    m = got["minsnr-eps-s4"]
+    assert m["over"] == "bins" and m["vanilla"] == "vanilla-eps-s4" and m["uneven"] == []
+    np.testing.assert_allclose(m["last"], [1.5, 1.0, 1.0, 0.5])
     assert got["uw-eps-s0"]["over"] == "clusters" and "intervals" not in got["uw-eps-s0"]
     b = got["logsnr-uw-eps-s3"]
     assert b["over"] == "bins" and b["vanilla"] == "vanilla-eps-s3"
@@ -646,7 +677,9 @@ def test_cluster_loss_ratios_pair_each_balanced_run_with_vanilla_of_its_loss_and
     assert "| snr-uw-eps-s1 |" not in text
     assert "snr-uw-eps-s1: clusters [0, 4], [5, 999] are not vanilla-eps-s1's" in text
     saved = json.loads((out / "table.json").read_text())
-    assert set(saved["cluster_loss_ratio_left_out"]) == {"snr-uw-eps-s1"}
+    assert "| minsnr-eps-s4 | vanilla-eps-s4 | 600 | 4 bins of t | 1.50, 1.00, 1.00, 0.50 |" in text
+    assert "p2-eps-s0: its loss is weighted and vanilla-eps-s0 logged no bins of t" in text
+    assert set(saved["cluster_loss_ratio_left_out"]) == {"snr-uw-eps-s1", "p2-eps-s0"}
     assert (out / "cluster_loss_ratio.png").stat().st_size > 1000
 
 

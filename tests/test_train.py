@@ -20,7 +20,7 @@ from antdiff.clustering import TaskClusters
 from antdiff.objective import DiffusionObjective
 from antdiff.training.checkpoint import CheckpointManager, load_checkpoint
 from antdiff.training.config import Config, ConfigError, load_config
-from antdiff.training.monitor import MetricsLog
+from antdiff.training.monitor import MetricsLog, WindowStats
 from antdiff.training.trainer import TrainingDiverged, train
 
 TINY = [
@@ -208,6 +208,21 @@ def test_bin_losses_are_means_over_uniform_t_under_stratified_sampling(tmp_path:
     train(tiny(tmp_path / "vanilla", "train.steps=1", "train.log_loss_bins=1"), log=None)
     (r,) = MetricsLog.read(tmp_path / "vanilla" / "metrics.jsonl")[:1]
     assert r["bin_mean"] == "uniform_t" and r["bin_losses"][0] == pytest.approx(r["loss"], rel=1e-6)
+
+
+def test_window_means_divide_by_importance_weights_below_one() -> None:
+    """A bin whose samples are oversampled timesteps carries weights 1/(T·p(t)) < 1, and so can
+    a whole window of a small batch: its mean is Σ w·ℓ / Σ w, never Σ w·ℓ / max(Σ w, 1)."""
+    w = WindowStats(1, bins=2, parts=("mse",))
+    w.add([0.3], [3], bin_sums=[0.1, 0.05], bin_counts=[2, 1], bin_weights=[0.5, 0.25],
+          part_sums=[[0.6]], part_counts=[3], bin_part_sums=[[0.2, 0.1]],
+          bin_part_weights=[0.5, 0.25])  # fmt: skip
+    out = w.summary()
+    assert out["bin_losses"] == pytest.approx([0.2, 0.2])
+    assert out["bin_mse"] == pytest.approx([0.4, 0.4])
+    assert out["cluster_mse"] == pytest.approx([0.2]) and out["cluster_losses"] == pytest.approx(
+        [0.1]
+    )
 
 
 def test_compile_mode_reaches_torch_compile(tmp_path: Path, monkeypatch) -> None:
@@ -487,6 +502,13 @@ def test_a_hybrid_loss_logs_its_two_parts_per_cluster(tmp_path: Path, ant) -> No
         np.testing.assert_allclose(mse[seen] + vb[seen], loss[seen], rtol=1e-5)
         assert (vb[seen] > 0).all() and (mse[seen] > vb[seen]).all()
         assert np.isnan(mse[[i for i in range(len(mse)) if i not in seen]]).all()
+        # per fixed bin of t too, with bin_losses' weights: the parts add up to the loss
+        hit = [i for i, n in enumerate(r["bin_counts"]) if n > 0]
+        bmse, bvb = np.array(r["bin_mse"], dtype=float), np.array(r["bin_vb"], dtype=float)
+        assert len(bmse) == len(bvb) == 10
+        blosses = np.array(r["bin_losses"], dtype=float)
+        np.testing.assert_allclose(bmse[hit] + bvb[hit], blosses[hit], rtol=1e-5)
+        assert np.isnan(bmse[[i for i in range(10) if i not in hit]]).all()
 
 
 def test_a_weighted_loss_logs_its_unweighted_mse_and_plain_eps_mse_logs_no_parts(
@@ -508,16 +530,28 @@ def test_a_weighted_loss_logs_its_unweighted_mse_and_plain_eps_mse_logs_no_parts
     assert "cluster_vb" not in r and r["parts_counts"] == r["counts"] == [5, 5]
     assert r["cluster_losses"][0] < 0.1 * r["cluster_mse"][0]  # 1/(1 + SNR) at t < 100
     assert r["cluster_losses"][1] < r["cluster_mse"][1]
+    # the unweighted MSE per fixed bin of t, comparable with a plain ε-MSE run's bin_losses
+    assert "bin_vb" not in r and len(r["bin_mse"]) == len(r["bin_losses"]) == 10
+    assert r["bin_losses"][0] < 0.1 * r["bin_mse"][0]
+    # one bin over [0, T): the MSE's mean over t uniform (samples weighted by k·w_c/T, as
+    # bin_losses are), not the sample mean of the 5 + 5 samples of clusters 100 and 900 wide
+    run = tmp_path / "p2-one-bin"
+    one_bin = ["train.steps=1", "diffusion.weighting=p2", "train.log_loss_bins=1", *clean_first]
+    train(tiny(run, *one_bin), log=None)
+    (r,) = MetricsLog.read(run / "metrics.jsonl")
+    width, mse = np.array([100, 900]), np.array(r["cluster_mse"], dtype=float)
+    assert r["bin_mse"][0] == pytest.approx(float((width * mse).sum() / width.sum()), rel=1e-5)
     for name, extra in {
         "eps": [],
         "off": ["diffusion.weighting=p2", "train.log_loss_parts=false"],
     }.items():
         train(tiny(tmp_path / name, "train.steps=1", *extra), log=None)
         (r,) = MetricsLog.read(tmp_path / name / "metrics.jsonl")
-        assert not {"cluster_mse", "cluster_vb", "parts_counts"} & r.keys(), name
+        assert not {"cluster_mse", "cluster_vb", "parts_counts", "bin_mse"} & r.keys(), name
     run = tmp_path / "vmap"
     pcgrad = ["ant.enabled=true", "ant.balancer=pcgrad", "ant.engine=vmap"]
     train(tiny(run, "train.steps=1", "diffusion.learned_variance=true", *pcgrad), log=None)
     (r,) = MetricsLog.read(run / "metrics.jsonl")
     assert r["parts_counts"] == [0] * 5 and r["cluster_mse"] == [None] * 5
+    assert not {"bin_mse", "bin_vb"} & r.keys()  # no samples pooled: no bin parts either
     assert sum(r["counts"]) == 10

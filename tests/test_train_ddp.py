@@ -86,7 +86,9 @@ def test_two_gloo_processes_match_one(tmp_path: Path, extra: list[str]) -> None:
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5)
         # the hybrid loss's parts per cluster pool both processes' samples (LossParts)
         assert ("cluster_vb" in rb) == ("learned_variance=true" in " ".join(extra))
-        for key in ("cluster_mse", "cluster_vb"):
+        # and so do their means per fixed bin of t
+        assert ("bin_mse" in rb) == ("bin_mse" in ra) == ("cluster_mse" in ra)
+        for key in ("cluster_mse", "cluster_vb", "bin_mse", "bin_vb"):
             if key in ra:
                 assert rb["parts_counts"] == ra["parts_counts"] == ra["counts"]
                 assert rb[key] == pytest.approx(ra[key], rel=1e-4, nan_ok=True)

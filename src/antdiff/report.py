@@ -363,10 +363,17 @@ def _bins_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
     rows = [[n, *[float(x) for x in p]] for n, p in profiles.items() if p is not None]
     head = ["run", *[f"[{lo}, {hi + 1})" for lo, hi in next(iter(same.values())).bin_intervals()]]
     uneven = sorted(n for n, lg in same.items() if lg.uneven_bins().any())
+    weighted = sorted(n for n, lg in same.items() if lg.bins_are_weighted)
     w.p(
-        "Mean per-sample loss per bin of t over the last 10% of each run's training lines "
-        "(weighted runs — P2, Min-SNR — log their weighted losses):\n\n" + _table(head, rows)
+        "Mean per-sample loss per bin of t over the last 10% of each run's training lines, "
+        "unweighted (a weighted run — P2, Min-SNR — from its logged parts per bin, `bin_mse` "
+        "and `bin_vb`):\n\n" + _table(head, rows)
     )
+    if weighted:
+        w.p(
+            f"– {', '.join(weighted)}: weighted runs logged before the parts per bin existed: "
+            "their rows are w(t)·loss, not comparable with the others."
+        )
     if uneven:
         w.p(
             f"– in {', '.join(uneven)}: a bin whose logged value is the sample mean over an "

@@ -91,6 +91,9 @@ class TrainingLog:
     # weighting, where the loss is the MSE; runs logged before the parts existed)
     cluster_mse: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     cluster_vb: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    # the same parts per fixed bin of t, with bin_losses' weights; zero columns where not logged
+    bin_mse: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    bin_vb: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     @property
     def k(self) -> int:
@@ -159,14 +162,43 @@ class TrainingLog:
             b[:, self.uneven_bins()] = np.nan
         return b
 
+    def unweighted_bin_losses(self) -> np.ndarray | None:
+        """The run's *unweighted* loss per fixed bin of t (ε-MSE, plus λ·T·L_t with learned σ),
+        one row per training line, NaN where :meth:`uneven_bins`: ``bin_losses`` itself when the
+        run has no loss weighting, else the logged parts ``bin_mse`` (+ ``bin_vb``); ``None``
+        for a weighted run that logged no bin parts (its ``bin_losses`` are w(t)·loss, not
+        comparable with another weighting's) or a run without bins."""
+        diffusion = self.config.get("diffusion", {}) if isinstance(self.config, dict) else {}
+        if diffusion.get("weighting", "none") in (None, "none"):
+            b = self.comparable_bin_losses()
+            return b if b.ndim == 2 and b.shape[1] else None
+        if self.bin_mse.ndim != 2 or not self.bin_mse.shape[1]:
+            return None
+        hybrid = self.bin_vb.ndim == 2 and self.bin_vb.shape[1] == self.bin_mse.shape[1]
+        b = self.bin_mse + self.bin_vb if hybrid else self.bin_mse.copy()
+        b[:, self.uneven_bins()] = np.nan
+        return b
+
+    @property
+    def bins_are_weighted(self) -> bool:
+        """True when :meth:`bin_loss_profile` can only give w(t)·loss: a weighted run (P2,
+        Min-SNR) that logged no unweighted parts per bin."""
+        diffusion = self.config.get("diffusion", {}) if isinstance(self.config, dict) else {}
+        weighted = diffusion.get("weighting", "none") not in (None, "none")
+        return weighted and self.unweighted_bin_losses() is None
+
     def bin_loss_profile(self, last: float = 0.1) -> np.ndarray | None:
-        """Mean loss per fixed bin of t (:meth:`comparable_bin_losses`: NaN for a bin whose
-        logged value is a sample mean over an uneven draw of t) over the last ``last`` fraction
-        of the training lines (at least one), ignoring empty bins' NaN; ``None`` when the run
-        logged no bins (``train.log_loss_bins = 0`` or a run older than the option)."""
+        """Mean loss per fixed bin of t over the last ``last`` fraction of the training lines
+        (at least one), ignoring empty bins' NaN: the unweighted loss
+        (:meth:`unweighted_bin_losses`) where the run logged it, else the logged ``bin_losses``
+        (:attr:`bins_are_weighted` says when those are w(t)·loss); NaN for a bin whose logged
+        value is a sample mean over an uneven draw of t; ``None`` when the run logged no bins
+        (``train.log_loss_bins = 0`` or a run older than the option)."""
         if not 0 < last <= 1:
             raise ValueError(f"last must be in (0, 1], got {last}")
-        b = self.comparable_bin_losses()
+        b = self.unweighted_bin_losses()
+        if b is None:
+            b = self.comparable_bin_losses()
         if b.ndim != 2 or b.shape[1] == 0 or b.shape[0] == 0:
             return None
         rows = b[-max(1, int(math.ceil(last * b.shape[0]))) :]
@@ -467,6 +499,8 @@ def read_training_log(run_or_file: str | Path) -> TrainingLog:
         and all(r.get("bin_mean") == "uniform_t" for r in train if "bin_losses" in r),
         cluster_mse=parts("cluster_mse"),
         cluster_vb=parts("cluster_vb"),
+        bin_mse=mat("bin_mse", nbins) if any("bin_mse" in r for r in train) else np.zeros((0, 0)),
+        bin_vb=mat("bin_vb", nbins) if any("bin_vb" in r for r in train) else np.zeros((0, 0)),
     )
 
 

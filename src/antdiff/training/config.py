@@ -244,7 +244,9 @@ class TrainConfig:
         True,
         "With a loss weighting or the hybrid loss, also log each cluster's unweighted ε-MSE "
         "(`cluster_mse`) and, with learned σ, its λ·T·L_t (`cluster_vb`): what the logged loss "
-        "is made of. Costs a few small kernels per step and no synchronisation.",
+        "is made of; with train.log_loss_bins the same per bin of t (`bin_mse`, `bin_vb`), the "
+        "unweighted loss per bin that a weighted run compares on. Costs a few small kernels per "
+        "step and no synchronisation.",
     )
     ckpt_every: int = _f(5000, "Write a checkpoint every N steps (and always at the end).")
     keep_last: int = _f(3, "Keep the last N checkpoints (older ones are deleted).")

@@ -11,6 +11,8 @@ steps) is::
      "cluster_mse": [...k],        # weighted or hybrid loss only: the loss's parts per cluster,
      "cluster_vb": [...k],         # unweighted ε-MSE and λ·T·L_t (hybrid only), and the samples
      "parts_counts": [...k],       # they pool (see LossParts)
+     "bin_mse": [...N],            # the same parts per fixed bin of t, averaged like
+     "bin_vb": [...N],             # bin_losses (over t uniform in the bin)
      "weights": [...k],            # effective weight of each cluster's gradient at the last step
                                    # (the balancer's; n_i/B for vanilla training)
      "balancer": {...},            # the balancer's record() at the last step
@@ -100,6 +102,22 @@ class LossParts:
             self.vb[sel] = vb.detach().float()
         self.seen[sel] = 1.0
 
+    def bin_sums(
+        self, bins: torch.Tensor, nbins: int, weights: torch.Tensor | None
+    ) -> list[torch.Tensor]:
+        """``[Σ w·ℓ_mse, (Σ w·vb,) Σ w]`` per fixed bin of t over the recorded samples, each
+        ``[nbins]``: ``bins`` is each sample's bin, ``weights`` the importance weight 1/(T·p(t))
+        that makes ``bin_losses`` a mean over t uniform in the bin (1 when None)."""
+        w = self.seen if weights is None else self.seen * weights
+
+        def per_bin(x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(nbins, device=x.device).index_add(0, bins, x)
+
+        out = [per_bin(self.mse * w)]
+        if self.vb is not None:
+            out.append(per_bin(self.vb * w))
+        return [*out, per_bin(w)]
+
     def cluster_sums(self, cluster_ids: torch.Tensor, k: int) -> list[torch.Tensor]:
         """``[Σ ℓ_mse, (Σ vb,) n]`` per cluster over the recorded samples, each ``[k]``."""
 
@@ -129,7 +147,9 @@ class WindowStats:
     ``bin_losses`` = Σ wℓ / Σ w estimates the mean over t uniform in the bin whatever the sampler
     (marked ``"bin_mean": "uniform_t"`` in the line); without, it is the plain sample mean.
     With ``parts`` (the names of :class:`LossParts`' sums) the line also has ``cluster_<name>``,
-    each part's pooled mean per cluster over ``parts_counts`` samples.
+    each part's pooled mean per cluster over ``parts_counts`` samples, and with bins
+    ``bin_<name>``, each part's mean per bin with ``bin_losses``' weights: the unweighted loss of
+    a weighted run, comparable bin by bin with an unweighted run's ``bin_losses``.
     """
 
     def __init__(self, k: int, bins: int = 0, parts: tuple[str, ...] = ()) -> None:
@@ -147,6 +167,8 @@ class WindowStats:
         self.bin_weights: np.ndarray | None = None
         self.part_sums = np.zeros((len(self.parts), self.k))
         self.part_counts = np.zeros(self.k)
+        self.bin_part_sums = np.zeros((len(self.parts), self.bins))
+        self.bin_part_weights = np.zeros(self.bins)
 
     def add(
         self,
@@ -157,11 +179,17 @@ class WindowStats:
         bin_weights: Sequence[float] | None = None,
         part_sums: Sequence[Sequence[float]] | None = None,
         part_counts: Sequence[float] | None = None,
+        bin_part_sums: Sequence[Sequence[float]] | None = None,
+        bin_part_weights: Sequence[float] | None = None,
     ) -> None:
         self.steps += 1
         if self.parts and part_sums is not None and part_counts is not None:
             self.part_sums += np.asarray(part_sums, dtype=np.float64).reshape(len(self.parts), -1)
             self.part_counts += np.asarray(part_counts, dtype=np.float64)
+        if self.parts and self.bins and bin_part_sums is not None and bin_part_weights is not None:
+            sums = np.asarray(bin_part_sums, dtype=np.float64).reshape(len(self.parts), -1)
+            self.bin_part_sums += sums
+            self.bin_part_weights += np.asarray(bin_part_weights, dtype=np.float64)
         self.sums += np.asarray(cluster_sums, dtype=np.float64)
         self.counts += np.asarray(cluster_counts, dtype=np.float64)
         if self.bins and bin_sums is not None and bin_counts is not None:
@@ -173,8 +201,9 @@ class WindowStats:
 
     @staticmethod
     def _means(sums: np.ndarray, counts: np.ndarray) -> list[float]:
+        """Σ / count where count > 0, else NaN; a count may be a sum of importance weights < 1."""
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).tolist()
+            return np.where(counts > 0, sums / np.where(counts > 0, counts, 1), np.nan).tolist()
 
     def summary(self) -> dict[str, Any]:
         total = self.counts.sum()
@@ -195,6 +224,9 @@ class WindowStats:
             out[f"cluster_{name}"] = self._means(sums, self.part_counts)
         if self.parts:
             out["parts_counts"] = [int(round(c)) for c in self.part_counts]
+        if self.parts and self.bins and self.bin_part_weights.sum() > 0:
+            for name, sums in zip(self.parts, self.bin_part_sums):
+                out[f"bin_{name}"] = self._means(sums, self.bin_part_weights)
         return out
 
 

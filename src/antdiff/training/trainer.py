@@ -608,16 +608,22 @@ def _train(
                 if sample_losses is None:  # a skipped step: no losses, no counts
                     bin_sum, bin_n = torch.zeros(nbins, device=device), torch.zeros(nbins)
                     bin_w: torch.Tensor = bin_n
+                    bin_parts = [torch.zeros(nbins, device=device) for _ in (*part_names, "w")]
                 else:
                     bins_t = t * nbins // objective.num_timesteps
                     losses_t = sample_losses.to(device)
                     bin_w = bin_n = bin_cnt
+                    iw = None
                     if bin_iw is not None:
                         iw = bin_iw[t]
                         losses_t = losses_t * iw
                         bin_w = torch.zeros(nbins, device=device).index_add(0, bins_t, iw)
                     bin_sum = torch.zeros(nbins, device=device).index_add(0, bins_t, losses_t)
+                    # the unweighted parts per bin, with bin_losses' weights (LossParts)
+                    bin_parts = [] if loss_parts is None else loss_parts.bin_sums(bins_t, nbins, iw)
                 bin_stats = [bin_sum, to_device(bin_w, device), to_device(bin_n, device)]
+                if loss_parts is not None:
+                    bin_stats += bin_parts
 
             # (d) statistics of the step (one small all-reduce), the update, then the step's one
             # host sync: the update is queued first so the device never waits for the host check
@@ -649,6 +655,11 @@ def _train(
             bin_weights = vals[2 * k + 2 + nbins : 2 * k + 2 + 2 * nbins]
             at = 2 * k + 2 + 3 * nbins
             bin_counts = vals[2 * k + 2 + 2 * nbins : at]
+            n_parts, nb_parts = len(part_names), nbins if part_names else 0
+            bin_part_sums = [vals[at + i * nbins : at + (i + 1) * nbins] for i in range(n_parts)]
+            at += n_parts * nbins
+            bin_part_weights = vals[at : at + nb_parts]
+            at += nb_parts
             part_sums = [vals[at + i * k : at + (i + 1) * k] for i in range(len(part_names))]
             part_counts = vals[at + len(part_names) * k :]
             bad = [i for i in range(k) if counts[i] > 0 and not math.isfinite(sums[i])]
@@ -660,7 +671,10 @@ def _train(
             if engine is not None:
                 engine.after_optimizer_step(compute_losses, tb_batch)
             step += 1
-            window.add(sums, counts, bin_sums, bin_counts, bin_weights, part_sums, part_counts)
+            window.add(
+                sums, counts, bin_sums, bin_counts, bin_weights, part_sums, part_counts,
+                bin_part_sums if nbins else None, bin_part_weights if nbins else None,
+            )  # fmt: skip
             if pbar is not None:
                 total_n = sum(counts)
                 pbar.update(1)
