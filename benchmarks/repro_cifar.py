@@ -756,7 +756,9 @@ def cluster_loss_ratios(
     over ``window`` consecutive log windows first (a rolling mean), then divided. Returns
     ``{run: {"vanilla": run, "steps": [...], "ratio": [[k values] per step], "last": [k]}}``,
     ``last`` being the ratio of the last ``window`` windows' means. Min-SNR and P2 runs log
-    their weighted losses and are left out (not comparable). A run whose clusters are other
+    their weighted losses, not comparable: they are compared on the fixed bins of t where they
+    logged their unweighted parts per bin (``bin_mse``, ``bin_vb``:
+    :meth:`TrainingLog.unweighted_bin_losses`), else left out. A run whose clusters are other
     intervals than its vanilla's (SNR, log-SNR or affinity clusters against vanilla's timestep
     ones) is compared on the fixed bins of t that both logs hold (``bin_losses``,
     ``train.log_loss_bins``; ``"over": "bins"`` and the bins' ``"intervals"`` in its entry, else
@@ -771,13 +773,14 @@ def cluster_loss_ratios(
     for run in runs:
         log = read_training_log(run)
         diff = log.config.get("diffusion", {})
-        if not log.steps.size or diff.get("weighting", "none") != "none" or log.k == 0:
+        weighted = diff.get("weighting", "none") != "none"
+        if not log.steps.size or log.k == 0 or (weighted and log.unweighted_bin_losses() is None):
             continue
         loss = "hybrid" if diff.get("learned_variance") else "eps"
-        logs[run.name] = (log, loss, log.config.get("run", {}).get("seed"))
+        logs[run.name] = (log, loss, log.config.get("run", {}).get("seed"), weighted)
     out: dict[str, dict[str, Any]] = {}
-    for name, (log, loss, seed) in sorted(logs.items()):
-        if log.balancer_name in (None, "vanilla"):
+    for name, (log, loss, seed, weighted) in sorted(logs.items()):
+        if log.balancer_name in (None, "vanilla") and not weighted:
             continue
         # the protocol's vanilla run by name: a diagnostic (vanilla balancer, another optimiser
         # setting) of the same loss and seed is not the reference
@@ -787,16 +790,21 @@ def cluster_loss_ratios(
         ref = logs[partner][0]
         mine, theirs, over, bins = log.cluster_losses, ref.cluster_losses, "clusters", None
         uneven: list[int] = []
-        if log.clusters is not None and ref.clusters is not None and log.clusters != ref.clusters:
+        other = (
+            log.clusters is not None and ref.clusters is not None and log.clusters != ref.clusters
+        )
+        if weighted or other:
             nb = log.bin_losses.shape[1]
             if not nb or ref.bin_losses.shape[1] != nb:
                 if left_out is not None:
                     left_out[name] = (
                         f"clusters {_intervals_text(log.clusters)} are not {partner}'s "
                         f"{_intervals_text(ref.clusters)}, and the logs hold no common bins of t"
+                        if other
+                        else f"its loss is weighted and {partner} logged no bins of t"
                     )
                 continue
-            mine, theirs, over = log.comparable_bin_losses(), ref.comparable_bin_losses(), "bins"
+            mine, theirs, over = log.unweighted_bin_losses(), ref.unweighted_bin_losses(), "bins"
             bins = [list(b) for b in log.bin_intervals()]
             uneven = np.flatnonzero(log.uneven_bins() | ref.uneven_bins()).tolist()
         common, ia, ib = np.intersect1d(log.steps, ref.steps, return_indices=True)
@@ -1904,7 +1912,9 @@ def tabulate(a: argparse.Namespace) -> list[Path]:
             "",
             "Ratio of the mean per-sample loss over the last five log windows, clean → noisy, "
             "per cluster where the run's clusters are vanilla's, else per fixed bin of t "
-            "(`bin_losses`, equal bins of [0, T)):",
+            "(`bin_losses`, equal bins of [0, T)); a weighted run (Min-SNR, P2) on the bins, "
+            "with its unweighted loss per bin (`bin_mse`, + `bin_vb` with learned σ) where it "
+            "logged it:",
             "",
             *_md_table(
                 ["run", "vanilla", "last step", "over", "ratio (clean → noisy)"],
