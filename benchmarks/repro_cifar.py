@@ -834,9 +834,9 @@ def loss_parts_across_runs(runs: list[Path], window: int = 5) -> dict[str, dict[
     ε-MSE per cluster, the learned-σ term λ·T·L_t (``vb``) and its share of the logged cluster
     loss (hybrid only), and the ε-MSE over that of ``vanilla-<loss>-s<seed>`` when that run
     logged its parts, or is plain unweighted ε-MSE (its cluster losses are its ε-MSE), over the
-    same clusters (None otherwise: cluster i of other intervals is other timesteps), both over the last ``window`` log steps the two logs share (the step of
-    the last in ``ratio_step``: a run stopped at 5k against a vanilla run of 10k compares at
-    5k). With ``diffusion.weight_vlb`` the logged loss is w(t)·(MSE + vb) while the parts are
+    same clusters (None otherwise: cluster i of other intervals is other timesteps), both over
+    the last ``window`` log steps the two logs share (the step of the last in ``ratio_step``: a
+    run stopped at 5k against a vanilla run of 10k compares at 5k). With ``diffusion.weight_vlb`` the logged loss is w(t)·(MSE + vb) while the parts are
     unweighted, so the share is vb / (MSE + vb) instead (``vb_share_of``: "unweighted hybrid
     loss"; w(t)·vb's share of the logged loss when w is constant over the cluster).
     ``{run: {"last step", "clusters", "mse", "vb", "vb_share", "vb_share_of", "vanilla",
