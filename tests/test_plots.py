@@ -469,3 +469,37 @@ def test_unweighted_bin_losses_compare_weighted_runs_with_plain_ones(tmp_path):
     old = log("p2-snr", p2, {"bin_mse": mse}, clusters=snr, marked=False).unweighted_bin_losses()
     assert np.isnan(old[:, 0]).all() and not np.isnan(old[:, 1:]).any()
     assert log("none", p2, {}, marked=True).bin_mse.shape == (0, 0)
+
+
+def test_plot_bin_losses_marks_a_weighted_run_that_logged_only_its_weighted_loss(
+    tmp_path, monkeypatch
+):
+    """Its w(t)·loss is not the others' loss: dashed and labelled so in both panels; a weighted
+    run with its unweighted parts per bin is drawn as any other run."""
+    from antdiff.analysis import read_training_log
+    from antdiff.plots import plot_bin_losses
+
+    runs = {}
+    for name, extra in (("vanilla", {}), ("p2_old", None), ("p2_new", {"bin_mse": [0.2] * 4})):
+        run = write_run(tmp_path / name, "uw", bins=4)
+        diffusion = "" if name == "vanilla" else "diffusion:\n  weighting: p2\n"
+        (run / "config.yaml").write_text("ant:\n  enabled: false\n  k: 4\n" + diffusion)
+        if extra:
+            lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()[:-1]]
+            for r in lines:
+                if "bin_losses" in r:
+                    r.update(extra)
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        runs[name] = read_training_log(run)
+    saved = []
+    monkeypatch.setattr(P, "_save", lambda fig, path, dpi=120: saved.append(fig) or path)
+    plot_bin_losses(runs, tmp_path / "b.png", reference="vanilla")
+    (fig,) = saved
+    left, right = fig.axes
+    for ax, names in ((left, ["vanilla", "p2_old", "p2_new"]), (right, ["p2_old", "p2_new"])):
+        lines = {
+            ln.get_label(): ln.get_linestyle() for ln in ax.get_lines() if ln.get_label()[0] != "_"
+        }
+        labels = [n if n != "p2_old" else "p2_old (w(t)·loss)" for n in names]
+        assert list(lines) == labels
+        assert lines["p2_old (w(t)·loss)"] == "--" and lines["p2_new"] == "-"

@@ -374,7 +374,9 @@ def plot_bin_losses(
     """Each run's mean loss per fixed bin of t (``bin_losses``, the last ``last`` fraction of
     its training lines) against the bin's centre t, log scale; with ``reference`` (a run among
     ``logs``) a second panel of every other run's ratio to it. The bins are the same for every
-    clustering, so runs of other clusterings compare on the same timesteps."""
+    clustering, so runs of other clusterings compare on the same timesteps. A weighted run's
+    unweighted loss is drawn where it logged it; one that could only log w(t)·loss
+    (:attr:`TrainingLog.bins_are_weighted`) is dashed and labelled so."""
     profiles = {
         n: (lg, p) for n, lg in logs.items() if (p := lg.bin_loss_profile(last)) is not None
     }
@@ -391,10 +393,12 @@ def plot_bin_losses(
     panels = 2 if reference is not None and len(profiles) > 1 else 1
     fig, axes = plt.subplots(1, panels, figsize=(6.0 * panels, 3.8), squeeze=False)
     colours = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(profiles)}
+    weighted = {n for n, (lg, _) in profiles.items() if lg.bins_are_weighted}
+    style = {n: ("--", f"{n} (w(t)·loss)") if n in weighted else ("-", n) for n in profiles}
     for name, (_, prof) in profiles.items():
         ok = np.isfinite(prof) & (prof > 0)
         axes[0][0].plot(centres[ok], prof[ok], marker="o", ms=3, lw=1.2, color=colours[name],
-                        label=name)  # fmt: skip
+                        ls=style[name][0], label=style[name][1])  # fmt: skip
     axes[0][0].set_yscale("log")
     axes[0][0].set_xlabel("t (bin centre)")
     axes[0][0].set_ylabel("mean per-sample loss")
@@ -408,7 +412,7 @@ def plot_bin_losses(
             if name != reference:
                 with np.errstate(invalid="ignore", divide="ignore"):
                     ax.plot(centres, prof / ref, marker="o", ms=3, lw=1.2, color=colours[name],
-                            label=name)  # fmt: skip
+                            ls=style[name][0], label=style[name][1])  # fmt: skip
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set_xlabel("t (bin centre)")
         ax.set_ylabel(f"loss / {reference}'s")
