@@ -503,3 +503,27 @@ def test_plot_bin_losses_marks_a_weighted_run_that_logged_only_its_weighted_loss
         labels = [n if n != "p2_old" else "p2_old (w(t)·loss)" for n in names]
         assert list(lines) == labels
         assert lines["p2_old (w(t)·loss)"] == "--" and lines["p2_new"] == "-"
+
+
+def test_plot_bin_losses_takes_each_runs_ratio_to_its_own_reference(tmp_path, monkeypatch):
+    """``reference`` as ``{run: reference run}``: each listed run against its own (the vanilla
+    run of its loss), the others drawn on the left only; a reference without bins is refused."""
+    from antdiff.analysis import read_training_log
+    from antdiff.plots import plot_bin_losses
+
+    logs = {n: read_training_log(write_run(tmp_path / n, "uw", bins=4)) for n in "abcd"}
+    for n, f in (("b", 2.0), ("d", 4.0)):  # b = 2·a, d = 4·c in every bin
+        logs[n].bin_losses = logs[n].bin_losses * f
+    saved = []
+    monkeypatch.setattr(P, "_save", lambda fig, path, dpi=120: saved.append(fig) or path)
+    plot_bin_losses(logs, tmp_path / "x.png", reference={"b": "a", "d": "c", "a": "a"})
+    right = saved[0].axes[1]
+    drawn = {ln.get_label(): ln.get_ydata() for ln in right.get_lines() if ln.get_label()[0] != "_"}
+    assert set(drawn) == {"b / a", "d / c"}
+    np.testing.assert_allclose(drawn["b / a"], 2.0)
+    np.testing.assert_allclose(drawn["d / c"], 4.0)
+    assert right.get_title() == "ratio to a, c"
+    none = write_run(tmp_path / "n", "uw", bins=0)
+    with pytest.raises(ValueError, match="reference run 'n' has no bin losses"):
+        plot_bin_losses({**logs, "n": read_training_log(none)}, tmp_path / "y.png",
+                        reference={"b": "n"})  # fmt: skip

@@ -234,3 +234,26 @@ def test_a_hybrid_run_shows_what_each_clusters_loss_is_made_of(tmp_path):
     np.testing.assert_allclose(
         log.cluster_mse + log.cluster_vb, log.cluster_losses, rtol=1e-5, equal_nan=True
     )
+
+
+def test_bin_losses_section_sets_each_run_against_the_vanilla_run_of_its_loss(tmp_path):
+    """The hybrid loss adds λ·T·L_t to the ε-MSE: a hybrid run's ratio is to the hybrid vanilla
+    run, an ε-MSE run's to the ε-MSE one; a run whose loss has no vanilla run gets none."""
+    cfg = {
+        "vanilla_hyb": "ant:\n  enabled: false\n  k: 4\ndiffusion:\n  learned_variance: true\n",
+        "uw_hyb": "ant:\n  enabled: true\n  k: 4\ndiffusion:\n  learned_variance: true\n",
+        "vanilla_eps": "ant:\n  enabled: false\n  k: 4\n",
+        "uw_eps": "ant:\n  enabled: true\n  k: 4\n",
+    }
+    runs = []
+    for name, text in cfg.items():
+        runs.append(write_run(tmp_path / name, "uw"))
+        (runs[-1] / "config.yaml").write_text(text)
+    text = write_report(runs, tmp_path / "r").read_text()
+    section = text.split("## Loss per bin of t", 1)[1].split("\n## ", 1)[0]
+    assert "right: ratio to vanilla_eps, vanilla_hyb (the vanilla run of each loss)" in section
+    assert "no ratio" not in section
+    text = write_report([runs[0], runs[1], runs[3]], tmp_path / "r3").read_text()
+    section = text.split("## Loss per bin of t", 1)[1].split("\n## ", 1)[0]
+    assert "right: ratio to vanilla_hyb (the vanilla run of each loss)" in section
+    assert "– uw_eps: no vanilla run of its loss among the inputs: no ratio." in section

@@ -367,13 +367,15 @@ def plot_cluster_losses(log: TrainingLog, path: str | Path, title: str | None = 
 def plot_bin_losses(
     logs: Mapping[str, TrainingLog],
     path: str | Path,
-    reference: str | None = None,
+    reference: str | Mapping[str, str] | None = None,
     last: float = 0.1,
     title: str | None = None,
 ) -> Path:
     """Each run's mean loss per fixed bin of t (``bin_losses``, the last ``last`` fraction of
     its training lines) against the bin's centre t, log scale; with ``reference`` (a run among
-    ``logs``) a second panel of every other run's ratio to it. The bins are the same for every
+    ``logs``) a second panel of every other run's ratio to it, or with a mapping ``{run:
+    reference run}`` each listed run's ratio to its own reference (runs of other losses need
+    other references: the hybrid loss adds λ·T·L_t to the ε-MSE). The bins are the same for every
     clustering, so runs of other clusterings compare on the same timesteps. A weighted run's
     unweighted loss is drawn where it logged it; one that could only log w(t)·loss
     (:attr:`TrainingLog.bins_are_weighted`) is dashed and labelled so."""
@@ -385,12 +387,20 @@ def plot_bin_losses(
     widths = {p.size for _, p in profiles.values()}
     if len(widths) > 1:
         raise ValueError(f"the runs logged different numbers of bins: {sorted(widths)}")
-    if reference is not None and reference not in profiles:
-        raise ValueError(f"reference run {reference!r} has no bin losses among the inputs")
+    pairs: dict[str, str] = {}  # run -> the run its ratio is taken to
+    if isinstance(reference, str):
+        pairs = {n: reference for n in profiles if n != reference}
+    elif reference is not None:
+        pairs = {n: r for n, r in reference.items() if n != r and n in profiles}
+    for ref_name in sorted(
+        set(pairs.values()) | ({reference} if isinstance(reference, str) else set())
+    ):
+        if ref_name not in profiles:
+            raise ValueError(f"reference run {ref_name!r} has no bin losses among the inputs")
     first = next(iter(profiles.values()))[0]
     centres = np.array([(lo + hi + 1) / 2 for lo, hi in first.bin_intervals()])
     plt = pyplot()
-    panels = 2 if reference is not None and len(profiles) > 1 else 1
+    panels = 2 if pairs else 1
     fig, axes = plt.subplots(1, panels, figsize=(6.0 * panels, 3.8), squeeze=False)
     colours = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(profiles)}
     weighted = {n for n, (lg, _) in profiles.items() if lg.bins_are_weighted}
@@ -405,19 +415,19 @@ def plot_bin_losses(
     axes[0][0].legend(fontsize=7)
     axes[0][0].set_title(title or f"loss per bin of t (last {last:.0%} of training)", fontsize=10)
     if panels == 2:
-        assert reference is not None
-        ref = profiles[reference][1]
+        refs = sorted(set(pairs.values()))
         ax = axes[0][1]
         for name, (_, prof) in profiles.items():
-            if name != reference:
+            if name in pairs:
+                label = style[name][1] + (f" / {pairs[name]}" if len(refs) > 1 else "")
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    ax.plot(centres, prof / ref, marker="o", ms=3, lw=1.2, color=colours[name],
-                            ls=style[name][0], label=style[name][1])  # fmt: skip
+                    ax.plot(centres, prof / profiles[pairs[name]][1], marker="o", ms=3, lw=1.2,
+                            color=colours[name], ls=style[name][0], label=label)  # fmt: skip
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set_xlabel("t (bin centre)")
-        ax.set_ylabel(f"loss / {reference}'s")
+        ax.set_ylabel(f"loss / {refs[0]}'s" if len(refs) == 1 else "loss / its reference's")
         ax.legend(fontsize=7)
-        ax.set_title(f"ratio to {reference}", fontsize=10)
+        ax.set_title(f"ratio to {', '.join(refs)}", fontsize=10)
     return _save(fig, path)
 
 

@@ -343,22 +343,30 @@ def _bins_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
     if left:
         w.missing.append(f"loss per bin of t of {', '.join(left)} (other bin count than {nb})")
     same = {n: lg for n, lg in with_bins.items() if lg.bin_losses.shape[1] == nb}
-    # the reference: a vanilla run (no balancer, no loss weighting) — its losses are unweighted
-    reference = next(
-        (
-            n
-            for n, lg in same.items()
-            if lg.balancer_name in (None, "vanilla")
-            and (lg.config.get("diffusion") or {}).get("weighting", "none") == "none"
-        ),
-        None,
-    )
+
+    def loss_of(lg: TrainingLog) -> str:
+        return "hybrid" if (lg.config.get("diffusion") or {}).get("learned_variance") else "eps"
+
+    # the references: per loss, a vanilla run (no balancer, no loss weighting) — its losses are
+    # unweighted, and a hybrid run's loss holds λ·T·L_t beside the ε-MSE, so each run is set
+    # against the vanilla run of its own loss
+    vanilla: dict[str, str] = {}
+    for n, lg in same.items():
+        diffusion = lg.config.get("diffusion") or {}
+        if lg.balancer_name in (None, "vanilla") and diffusion.get("weighting", "none") == "none":
+            vanilla.setdefault(loss_of(lg), n)
+    pairs = {n: vanilla[loss_of(lg)] for n, lg in same.items() if loss_of(lg) in vanilla}
+    pairs = {n: r for n, r in pairs.items() if n != r}
+    refs = sorted(set(pairs.values()))
     w.figure(
-        lambda path: plots.plot_bin_losses(same, path, reference=reference),
+        lambda path: plots.plot_bin_losses(same, path, reference=pairs or None),
         "bin_losses",
         "loss per bin of t (last 10% of training)"
-        + (f"; right: ratio to {reference}" if reference and len(same) > 1 else ""),
+        + (f"; right: ratio to {', '.join(refs)} (the vanilla run of each loss)" if refs else ""),
     )
+    alone = sorted(n for n in same if n not in pairs and n not in refs)
+    if refs and alone:
+        w.p(f"– {', '.join(alone)}: no vanilla run of its loss among the inputs: no ratio.")
     profiles = {n: lg.bin_loss_profile() for n, lg in same.items()}
     rows = [[n, *[float(x) for x in p]] for n, p in profiles.items() if p is not None]
     head = ["run", *[f"[{lo}, {hi + 1})" for lo, hi in next(iter(same.values())).bin_intervals()]]
