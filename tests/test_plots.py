@@ -527,3 +527,29 @@ def test_plot_bin_losses_takes_each_runs_ratio_to_its_own_reference(tmp_path, mo
     with pytest.raises(ValueError, match="reference run 'n' has no bin losses"):
         plot_bin_losses({**logs, "n": read_training_log(none)}, tmp_path / "y.png",
                         reference={"b": "n"})  # fmt: skip
+
+
+def test_plot_bin_losses_takes_the_ratio_at_the_steps_both_runs_logged(tmp_path, monkeypatch):
+    """A run trained twice as long as its reference is compared at the reference's steps: the
+    same run cut short is its own reference exactly (ratio 1), though its own last 10% of lines
+    hold lower losses than the reference's last 10%."""
+    import shutil
+
+    from antdiff.analysis import read_training_log
+    from antdiff.plots import plot_bin_losses
+
+    long = write_run(tmp_path / "long", "uw", bins=4)
+    short = tmp_path / "short"
+    shutil.copytree(long, short)
+    lines = (short / "metrics.jsonl").read_text().splitlines()
+    (short / "metrics.jsonl").write_text("".join(x + "\n" for x in lines[: len(lines) // 2]))
+    logs = {"long": read_training_log(long), "short": read_training_log(short)}
+    assert logs["short"].steps.size < logs["long"].steps.size
+    own_last = logs["long"].bin_loss_profile() / logs["short"].bin_loss_profile()
+    assert not np.allclose(own_last[np.isfinite(own_last)], 1.0)  # other stages of training
+    saved = []
+    monkeypatch.setattr(P, "_save", lambda fig, path, dpi=120: saved.append(fig) or path)
+    plot_bin_losses(logs, tmp_path / "x.png", reference="short")
+    (line,) = [ln for ln in saved[0].axes[1].get_lines() if ln.get_label() == "long"]
+    y = np.asarray(line.get_ydata(), dtype=float)
+    np.testing.assert_allclose(y[np.isfinite(y)], 1.0)

@@ -251,9 +251,12 @@ def test_bin_losses_section_sets_each_run_against_the_vanilla_run_of_its_loss(tm
         (runs[-1] / "config.yaml").write_text(text)
     text = write_report(runs, tmp_path / "r").read_text()
     section = text.split("## Loss per bin of t", 1)[1].split("\n## ", 1)[0]
-    assert "right: ratio to vanilla_eps, vanilla_hyb (the vanilla run of each loss)" in section
+    assert (
+        "right: ratio to vanilla_eps, vanilla_hyb (the vanilla run of each loss, at the steps"
+        in section
+    )
     assert "no ratio" not in section
     text = write_report([runs[0], runs[1], runs[3]], tmp_path / "r3").read_text()
     section = text.split("## Loss per bin of t", 1)[1].split("\n## ", 1)[0]
-    assert "right: ratio to vanilla_hyb (the vanilla run of each loss)" in section
+    assert "right: ratio to vanilla_hyb (the vanilla run of each loss, at the steps" in section
     assert "– uw_eps: no vanilla run of its loss among the inputs: no ratio." in section

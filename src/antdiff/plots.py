@@ -375,7 +375,8 @@ def plot_bin_losses(
     its training lines) against the bin's centre t, log scale; with ``reference`` (a run among
     ``logs``) a second panel of every other run's ratio to it, or with a mapping ``{run:
     reference run}`` each listed run's ratio to its own reference (runs of other losses need
-    other references: the hybrid loss adds λ·T·L_t to the ε-MSE). The bins are the same for every
+    other references: the hybrid loss adds λ·T·L_t to the ε-MSE), over the last ``last`` of
+    the log steps the two runs share (none shared: no ratio). The bins are the same for every
     clustering, so runs of other clusterings compare on the same timesteps. A weighted run's
     unweighted loss is drawn where it logged it; one that could only log w(t)·loss
     (:attr:`TrainingLog.bins_are_weighted`) is dashed and labelled so."""
@@ -417,12 +418,23 @@ def plot_bin_losses(
     if panels == 2:
         refs = sorted(set(pairs.values()))
         ax = axes[0][1]
-        for name, (_, prof) in profiles.items():
-            if name in pairs:
-                label = style[name][1] + (f" / {pairs[name]}" if len(refs) > 1 else "")
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    ax.plot(centres, prof / profiles[pairs[name]][1], marker="o", ms=3, lw=1.2,
-                            color=colours[name], ls=style[name][0], label=label)  # fmt: skip
+        for name, (log, _) in profiles.items():
+            if name not in pairs:
+                continue
+            # at the steps both logged (the last `last` of them): a longer run's late losses
+            # against a shorter reference's would show training time, not the method
+            ref_log = profiles[pairs[name]][0]
+            common = np.intersect1d(log.steps, ref_log.steps)
+            if not common.size:
+                continue
+            at = common[-max(1, int(np.ceil(last * common.size))) :]
+            mine, theirs = log.bin_loss_profile(steps=at), ref_log.bin_loss_profile(steps=at)
+            if mine is None or theirs is None:
+                continue
+            label = style[name][1] + (f" / {pairs[name]}" if len(refs) > 1 else "")
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ax.plot(centres, mine / theirs, marker="o", ms=3, lw=1.2, color=colours[name],
+                        ls=style[name][0], label=label)  # fmt: skip
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set_xlabel("t (bin centre)")
         ax.set_ylabel(f"loss / {refs[0]}'s" if len(refs) == 1 else "loss / its reference's")

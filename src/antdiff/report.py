@@ -362,7 +362,12 @@ def _bins_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
         lambda path: plots.plot_bin_losses(same, path, reference=pairs or None),
         "bin_losses",
         "loss per bin of t (last 10% of training)"
-        + (f"; right: ratio to {', '.join(refs)} (the vanilla run of each loss)" if refs else ""),
+        + (
+            f"; right: ratio to {', '.join(refs)} (the vanilla run of each loss, at the steps "
+            "both logged)"
+            if refs
+            else ""
+        ),
     )
     alone = sorted(n for n in same if n not in pairs and n not in refs)
     if refs and alone:

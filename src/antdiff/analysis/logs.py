@@ -187,9 +187,12 @@ class TrainingLog:
         weighted = diffusion.get("weighting", "none") not in (None, "none")
         return weighted and self.unweighted_bin_losses() is None
 
-    def bin_loss_profile(self, last: float = 0.1) -> np.ndarray | None:
+    def bin_loss_profile(
+        self, last: float = 0.1, steps: np.ndarray | None = None
+    ) -> np.ndarray | None:
         """Mean loss per fixed bin of t over the last ``last`` fraction of the training lines
-        (at least one), ignoring empty bins' NaN: the unweighted loss
+        (at least one; with ``steps``, over the lines at those steps instead, e.g. the steps two
+        runs share), ignoring empty bins' NaN: the unweighted loss
         (:meth:`unweighted_bin_losses`) where the run logged it, else the logged ``bin_losses``
         (:attr:`bins_are_weighted` says when those are w(t)·loss); NaN for a bin whose logged
         value is a sample mean over an uneven draw of t; ``None`` when the run logged no bins
@@ -201,7 +204,12 @@ class TrainingLog:
             b = self.comparable_bin_losses()
         if b.ndim != 2 or b.shape[1] == 0 or b.shape[0] == 0:
             return None
-        rows = b[-max(1, int(math.ceil(last * b.shape[0]))) :]
+        if steps is not None:
+            rows = b[np.isin(self.steps, steps)]
+            if not rows.shape[0]:
+                return None
+        else:
+            rows = b[-max(1, int(math.ceil(last * b.shape[0]))) :]
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN bin stays NaN
             return np.nanmean(rows, axis=0)
