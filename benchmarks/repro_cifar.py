@@ -772,12 +772,10 @@ def cluster_loss_ratios(
     logs = {}
     for run in runs:
         log = read_training_log(run)
-        diff = log.config.get("diffusion", {})
-        weighted = diff.get("weighting", "none") != "none"
+        weighted = log.loss_weighted
         if not log.steps.size or log.k == 0 or (weighted and log.unweighted_bin_losses() is None):
             continue
-        loss = "hybrid" if diff.get("learned_variance") else "eps"
-        logs[run.name] = (log, loss, log.config.get("run", {}).get("seed"), weighted)
+        logs[run.name] = (log, log.loss_kind, log.config.get("run", {}).get("seed"), weighted)
     out: dict[str, dict[str, Any]] = {}
     for name, (log, loss, seed, weighted) in sorted(logs.items()):
         if log.balancer_name in (None, "vanilla") and not weighted:
@@ -854,12 +852,11 @@ def loss_parts_across_runs(runs: list[Path], window: int = 5) -> dict[str, dict[
         log = read_training_log(run)
         if not log.steps.size:
             continue
-        diff = log.config.get("diffusion", {})
-        loss = "hybrid" if diff.get("learned_variance") else "eps"
         if log.cluster_mse.size:
-            logs[run.name] = (log, f"vanilla-{loss}-s{log.config.get('run', {}).get('seed')}")
+            seed = log.config.get("run", {}).get("seed")
+            logs[run.name] = (log, f"vanilla-{log.loss_kind}-s{seed}")
             eps_mse[run.name] = (log, log.cluster_mse)
-        elif loss == "eps" and diff.get("weighting", "none") == "none" and log.cluster_losses.size:
+        elif log.loss_kind == "eps" and not log.loss_weighted and log.cluster_losses.size:
             # plain ε-MSE logs no parts: its cluster losses are its ε-MSE
             eps_mse[run.name] = (log, log.cluster_losses)
     out: dict[str, dict[str, Any]] = {}

@@ -344,18 +344,14 @@ def _bins_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
         w.missing.append(f"loss per bin of t of {', '.join(left)} (other bin count than {nb})")
     same = {n: lg for n, lg in with_bins.items() if lg.bin_losses.shape[1] == nb}
 
-    def loss_of(lg: TrainingLog) -> str:
-        return "hybrid" if (lg.config.get("diffusion") or {}).get("learned_variance") else "eps"
-
     # the references: per loss, a vanilla run (no balancer, no loss weighting) — its losses are
     # unweighted, and a hybrid run's loss holds λ·T·L_t beside the ε-MSE, so each run is set
     # against the vanilla run of its own loss
     vanilla: dict[str, str] = {}
     for n, lg in same.items():
-        diffusion = lg.config.get("diffusion") or {}
-        if lg.balancer_name in (None, "vanilla") and diffusion.get("weighting", "none") == "none":
-            vanilla.setdefault(loss_of(lg), n)
-    pairs = {n: vanilla[loss_of(lg)] for n, lg in same.items() if loss_of(lg) in vanilla}
+        if lg.balancer_name in (None, "vanilla") and not lg.loss_weighted:
+            vanilla.setdefault(lg.loss_kind, n)
+    pairs = {n: vanilla[lg.loss_kind] for n, lg in same.items() if lg.loss_kind in vanilla}
     pairs = {n: r for n, r in pairs.items() if n != r}
     refs = sorted(set(pairs.values()))
     w.figure(

@@ -106,6 +106,22 @@ class TrainingLog:
             return str(ant.get("balancer"))
         return None if not ant else "vanilla"
 
+    @property
+    def _diffusion(self) -> dict[str, Any]:
+        d = self.config.get("diffusion", {}) if isinstance(self.config, dict) else {}
+        return d if isinstance(d, dict) else {}
+
+    @property
+    def loss_weighted(self) -> bool:
+        """True for a run with a loss weighting w(t) (P2, Min-SNR, ...): its logged losses are
+        w(t)·loss, not comparable with another weighting's."""
+        return self._diffusion.get("weighting", "none") not in (None, "none")
+
+    @property
+    def loss_kind(self) -> str:
+        """``"hybrid"`` (learned σ: ε-MSE + λ·T·L_t) or ``"eps"`` (ε-MSE)."""
+        return "hybrid" if self._diffusion.get("learned_variance") else "eps"
+
     def __len__(self) -> int:
         return int(self.steps.size)
 
@@ -168,8 +184,7 @@ class TrainingLog:
         run has no loss weighting, else the logged parts ``bin_mse`` (+ ``bin_vb``); ``None``
         for a weighted run that logged no bin parts (its ``bin_losses`` are w(t)·loss, not
         comparable with another weighting's) or a run without bins."""
-        diffusion = self.config.get("diffusion", {}) if isinstance(self.config, dict) else {}
-        if diffusion.get("weighting", "none") in (None, "none"):
+        if not self.loss_weighted:
             b = self.comparable_bin_losses()
             return b if b.ndim == 2 and b.shape[1] else None
         if self.bin_mse.ndim != 2 or not self.bin_mse.shape[1]:
@@ -183,9 +198,7 @@ class TrainingLog:
     def bins_are_weighted(self) -> bool:
         """True when :meth:`bin_loss_profile` can only give w(t)·loss: a weighted run (P2,
         Min-SNR) that logged no unweighted parts per bin."""
-        diffusion = self.config.get("diffusion", {}) if isinstance(self.config, dict) else {}
-        weighted = diffusion.get("weighting", "none") not in (None, "none")
-        return weighted and self.unweighted_bin_losses() is None
+        return self.loss_weighted and self.unweighted_bin_losses() is None
 
     def bin_loss_profile(
         self, last: float = 0.1, steps: np.ndarray | None = None
