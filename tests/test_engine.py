@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from antdiff import TimestepBatch
-from antdiff.mtl import ClusterGradientEngine, make_balancer
+from antdiff.mtl import ClusterGradientEngine, emit_sample_values, make_balancer
 
 
 @pytest.fixture(autouse=True)
@@ -209,6 +209,43 @@ def test_sample_losses_are_the_per_sample_losses_in_batch_order(method, mode):
             torch.testing.assert_close(
                 result.cluster_losses[i].float(), got[ids == i].mean(), rtol=1e-5, atol=1e-6
             )
+
+
+def test_values_emitted_inside_a_vmap_pass_come_back_in_batch_order():
+    """Inside vmap a closure's tensors have no plain values; ``emit_sample_values`` hands them to
+    the engine, which returns them with the step (batch order, padding left out). Outside a vmap
+    pass it keeps nothing and says so; a value that is not one per index is refused."""
+    model = tiny_unet()
+    batch, closure_for = make_problem("unet", shuffle=True)
+    compute_losses = closure_for(model)
+    seen_plain = []
+
+    def with_parts(index):
+        losses = compute_losses(index)
+        seen_plain.append(emit_sample_values(double=2 * losses, t=batch.timesteps[index].float()))
+        return losses
+
+    with torch.no_grad():
+        expected = compute_losses(torch.arange(batch.batch_size)).float()
+    vmap = ClusterGradientEngine(model, make_balancer("pcgrad", K), mode="vmap")
+    result = vmap.step(with_parts, batch)
+    assert seen_plain == [True] and set(result.sample_values) == {"double", "t"}
+    torch.testing.assert_close(result.sample_values["double"], 2 * expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(result.sample_values["t"], batch.timesteps.float())
+    # split calls the closure with plain tensors: nothing is kept, the step has no values
+    seen_plain.clear()
+    split = ClusterGradientEngine(model, make_balancer("pcgrad", K), mode="split")
+    assert split.step(with_parts, batch).sample_values is None
+    assert seen_plain and not any(seen_plain)
+    assert emit_sample_values(x=torch.zeros(3)) is False  # no engine pass at all
+
+    def wrong_shape(index):
+        losses = compute_losses(index)
+        emit_sample_values(pair=torch.stack([losses, losses], dim=1))
+        return losses
+
+    with pytest.raises(ValueError, match=r"emit_sample_values\(pair=...\) needs one value per"):
+        vmap.step(wrong_shape, batch)
 
 
 @pytest.mark.parametrize("mode", ["split", "vmap", "retain_graph", "gramian"])

@@ -3,7 +3,9 @@ are stated, not invented."""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -219,14 +221,27 @@ def test_a_hybrid_run_shows_what_each_clusters_loss_is_made_of(tmp_path):
         train(tiny(tmp_path / "vmap", "train.steps=1", *hybrid, *vmap), log=None)
     finally:
         torch.set_num_threads(n)
-    runs = [tmp_path / "hyb", tmp_path / "eps", tmp_path / "vmap"]
+    # the same vmap run as code before the twenty-first session logged it: no parts pooled
+    old = tmp_path / "oldvmap"
+    shutil.copytree(tmp_path / "vmap", old)
+    lines = [json.loads(x) for x in (old / "metrics.jsonl").read_text().splitlines()]
+    for r in lines:
+        if "parts_counts" in r:
+            k = len(r["parts_counts"])
+            r.update(parts_counts=[0] * k, cluster_mse=[None] * k, cluster_vb=[None] * k)
+            r.pop("bin_mse", None), r.pop("bin_vb", None)
+    (old / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    runs = [tmp_path / "hyb", tmp_path / "eps", tmp_path / "vmap", old]
     text = write_report(runs, tmp_path / "r").read_text()
     section = text.split("## Per-cluster losses", 1)[1].split("\n## ", 1)[0]
     hyb, rest = section.split("### eps", 1)
-    eps, vmap = rest.split("### vmap", 1)
+    eps, rest = rest.split("### vmap", 1)
+    vmap, oldvmap = rest.split("### oldvmap", 1)
     assert "Parts of the loss per cluster" in hyb and "Parts of the loss" not in eps
-    # a PCGrad vmap run computes every loss inside the transform: said so, no table of dashes
-    assert "No loss parts recorded" in vmap and "MSE_0" not in vmap
+    # a PCGrad vmap run's parts come back from the engine's transform: a table as split's
+    assert "Parts of the loss per cluster" in vmap and "No loss parts recorded" not in vmap
+    # an older log whose every loss was computed inside the transform: said so, no dashes
+    assert "No loss parts recorded" in oldvmap and "MSE_0" not in oldvmap
     log = read_training_log(tmp_path / "hyb")
     last = [2, *log.cluster_mse[-1], *log.cluster_vb[-1]]
     shown = ["2"] + [f"{v:.4g}" if np.isfinite(v) else "–" for v in last[1:]]  # – : no sample

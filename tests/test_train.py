@@ -516,8 +516,7 @@ def test_a_weighted_loss_logs_its_unweighted_mse_and_plain_eps_mse_logs_no_parts
 ) -> None:
     """P2 logs w(t)·MSE as the loss (w ≤ 1, ≪ 1 at the clean end) and the plain MSE beside it;
     ε-MSE without a weighting has no parts (its loss is the MSE), nor has a run with
-    ``train.log_loss_parts=false``; inside the engine's vmap pass
-    there are no plain values to keep, so a PCGrad vmap line pools no samples."""
+    ``train.log_loss_parts=false``."""
     clean_first = [
         "ant.k=2",
         "ant.enabled=true",
@@ -548,10 +547,35 @@ def test_a_weighted_loss_logs_its_unweighted_mse_and_plain_eps_mse_logs_no_parts
         train(tiny(tmp_path / name, "train.steps=1", *extra), log=None)
         (r,) = MetricsLog.read(tmp_path / name / "metrics.jsonl")
         assert not {"cluster_mse", "cluster_vb", "parts_counts", "bin_mse"} & r.keys(), name
-    run = tmp_path / "vmap"
-    pcgrad = ["ant.enabled=true", "ant.balancer=pcgrad", "ant.engine=vmap"]
-    train(tiny(run, "train.steps=1", "diffusion.learned_variance=true", *pcgrad), log=None)
-    (r,) = MetricsLog.read(run / "metrics.jsonl")
-    assert r["parts_counts"] == [0] * 5 and r["cluster_mse"] == [None] * 5
-    assert not {"bin_mse", "bin_vb"} & r.keys()  # no samples pooled: no bin parts either
-    assert sum(r["counts"]) == 10
+
+
+@pytest.mark.parametrize("weighting", [[], ["diffusion.weighting=p2"]], ids=["hybrid", "p2-hybrid"])
+def test_the_vmap_engine_logs_the_loss_parts_the_split_engine_logs(
+    tmp_path: Path, weighting: list[str]
+) -> None:
+    """Inside the engine's vmap pass the parts have no plain values; they come back with the
+    step (``emit_sample_values``), so a PCGrad vmap run logs the parts per cluster and per bin
+    that the split engine logs for the same samples and parameters (step 1: the same forward)."""
+    lines = {}
+    for engine in ("split", "vmap"):
+        run = tmp_path / engine
+        pcgrad = ["ant.enabled=true", "ant.balancer=pcgrad", f"ant.engine={engine}"]
+        hybrid = ["train.steps=1", "diffusion.learned_variance=true", *weighting]
+        train(tiny(run, *hybrid, *pcgrad), log=None)
+        (lines[engine],) = MetricsLog.read(run / "metrics.jsonl")
+    split, vmap = lines["split"], lines["vmap"]
+    assert vmap["parts_counts"] == split["parts_counts"] == vmap["counts"]
+    assert sum(vmap["counts"]) == 10
+    for key in ("cluster_mse", "cluster_vb", "bin_mse", "bin_vb", "cluster_losses"):
+        a, b = np.array(vmap[key], dtype=float), np.array(split[key], dtype=float)
+        np.testing.assert_allclose(a, b, rtol=1e-4, err_msg=key)
+    if not weighting:  # unweighted hybrid: the parts add up to the logged loss
+        parts = np.array(vmap["cluster_mse"], dtype=float) + np.array(
+            vmap["cluster_vb"], dtype=float
+        )
+        np.testing.assert_allclose(parts, np.array(vmap["cluster_losses"], dtype=float), rtol=1e-5)
+    else:  # P2 weights the MSE term: the logged loss is below its unweighted parts' sum
+        total = np.array(vmap["cluster_mse"], dtype=float) + np.array(
+            vmap["cluster_vb"], dtype=float
+        )
+        assert (np.array(vmap["cluster_losses"], dtype=float) < total).all()

@@ -297,10 +297,11 @@ def _training_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
         w.p(_table(["step", *[f"L_{i}" for i in range(log.k)]], rows))
         if log.cluster_mse.size and np.isfinite(log.cluster_mse).any():
             _loss_parts_table(w, log)
-        elif log.cluster_mse.size:  # every loss of the run computed inside a vmap pass
+        elif log.cluster_mse.size:  # logs of older code: vmap passes pooled no parts
             w.p(
                 "*No loss parts recorded: every step computed its losses inside the gradient "
-                "engine's `vmap` pass (`parts_counts` 0), where they have no plain values.*"
+                "engine's `vmap` pass (`parts_counts` 0), which before the twenty-first session "
+                "kept none.*"
             )
 
 

@@ -9,7 +9,7 @@ from .base import Balancer, ClusterLosses, GradientBalancer, cluster_losses, clu
 from .cagrad import CAGrad
 from .continuous_uw import ContinuousUncertaintyWeighting
 from .dwa import DynamicWeightAverage
-from .engine import ENGINE_MODES, ClusterGradientEngine, StepResult
+from .engine import ENGINE_MODES, ClusterGradientEngine, StepResult, emit_sample_values
 from .famo import FAMO
 from .imtlg import IMTLG
 from .mean import MeanBalancer
@@ -45,6 +45,7 @@ __all__ = [
     "balancer_hyperparameters",
     "cluster_losses",
     "cluster_means",
+    "emit_sample_values",
     "make_balancer",
     "solve_nash",
 ]

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -55,11 +56,41 @@ from ..sampling import TimestepBatch
 from .base import Balancer, ClusterLosses, cluster_losses
 from .distributed import all_reduce_sum, is_ddp, unwrap_model, world_size
 
-__all__ = ["ENGINE_MODES", "ClusterGradientEngine", "StepResult"]
+__all__ = ["ENGINE_MODES", "ClusterGradientEngine", "StepResult", "emit_sample_values"]
 
 ENGINE_MODES = ("auto", "split", "vmap", "gramian", "retain_graph")
 
 ComputeLosses = Callable[[Tensor], Tensor]
+
+_sample_value_sinks = threading.local()
+
+
+def emit_sample_values(**values: Tensor) -> bool:
+    """Hand the engine per-sample side values of the running ``compute_losses(index)`` call —
+    e.g. the parts of a mixed loss, for logging — one tensor ``[len(index)]`` per name.
+
+    Only the ``vmap`` mode needs this: its closure runs inside a ``torch.func`` transform, where
+    tensors have no plain values, so whatever a closure keeps for later is lost. Values emitted
+    there come back with the step, in batch order, as :attr:`StepResult.sample_values`. Returns
+    False (nothing kept) outside a ``vmap`` pass, where the caller's tensors are plain: keep
+    them directly.
+    """
+    stack = getattr(_sample_value_sinks, "stack", None)
+    if not stack:
+        return False
+    stack[-1].update(values)
+    return True
+
+
+@contextlib.contextmanager
+def _collect_sample_values() -> Iterator[dict[str, Tensor]]:
+    stack = _sample_value_sinks.__dict__.setdefault("stack", [])
+    sink: dict[str, Tensor] = {}
+    stack.append(sink)
+    try:
+        yield sink
+    finally:
+        stack.pop()
 
 
 @dataclass
@@ -72,7 +103,9 @@ class StepResult:
     update before clipping when it was computed (gradient steps, or when clipping), ``skipped``
     is True when the gradients were not finite and the step was left for the GradScaler to skip.
     ``sample_losses`` holds this process's per-sample losses ℓ_b in batch order (float32; None
-    after a skipped step), for statistics over any other grouping of t than the clusters.
+    after a skipped step), for statistics over any other grouping of t than the clusters, and
+    ``sample_values`` what ``compute_losses`` handed over with :func:`emit_sample_values` during
+    a ``vmap`` pass, by name, in the same order (None when nothing was).
     """
 
     loss: Tensor
@@ -85,6 +118,7 @@ class StepResult:
     mode: str
     record: dict[str, Any] | None = None
     sample_losses: Tensor | None = None
+    sample_values: dict[str, Tensor] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -352,10 +386,11 @@ class ClusterGradientEngine:
         touched = [False] * len(params)
         stash = [p.grad for p in params]
         sample = torch.zeros(batch.batch_size, device=ids.device)  # ℓ_b in batch order
+        values: dict[str, Tensor] | None = None  # emit_sample_values of a vmap pass
         try:
             with self._no_sync(), self._track_touched(params, touched):
                 if mode == "vmap":
-                    self._vmap_fill(compute_losses, batch, params, gb, counts, sample)
+                    values = self._vmap_fill(compute_losses, batch, params, gb, counts, sample)
                     touched[:] = [True] * len(params)
                 elif mode == "split":
                     order = torch.argsort(ids, stable=True)
@@ -439,6 +474,7 @@ class ClusterGradientEngine:
             mode=mode,
             record=bal.record() if record else None,
             sample_losses=sample,
+            sample_values=values or None,
         )
 
     def _vmap_fill(
@@ -449,13 +485,14 @@ class ClusterGradientEngine:
         gb: _GradBuffer,
         counts: list[int],
         sample: Tensor,
-    ) -> None:
+    ) -> dict[str, Tensor]:
         """All cluster gradients in one batched pass: ``vmap`` over the present clusters of
         ``grad`` of the cluster's loss sum, the parameters substituted into the module for the
         duration of the closure. Sub-batches are padded to the largest with copies of their first
         sample at weight 0. Same FLOPs as ``split`` (plus padding) but one set of kernel launches
         instead of k, which is what counts when the step is bound by launch overhead. The
-        per-sample losses go to ``sample`` (batch order; the padding left out)."""
+        per-sample losses go to ``sample`` (batch order; the padding left out); returned: the
+        closure's :func:`emit_sample_values`, in the same order."""
         from torch.nn.utils.stateless import _reparametrize_module  # what functional_call uses
 
         names = {id(p): n for n, p in self.module.named_parameters()}
@@ -475,19 +512,26 @@ class ClusterGradientEngine:
             self.scaler.scale(torch.ones((), device=params[0].device))  # initialise the scale
         scale = self._scale()
 
-        def cluster_sum(p: dict[str, Tensor], idx: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-            with _reparametrize_module(self.module, p):
+        def cluster_sum(p: dict[str, Tensor], idx: Tensor, w: Tensor) -> tuple[Tensor, Any]:
+            with _reparametrize_module(self.module, p), _collect_sample_values() as emitted:
                 losses = compute_losses(idx)
             if losses.ndim != 1 or losses.shape[0] != idx.shape[0]:
                 raise ValueError(
                     f"compute_losses(index) must return one loss per index, a tensor of shape "
                     f"[{idx.shape[0]}]; got {tuple(losses.shape)}"
                 )
+            for name, v in emitted.items():
+                if v.shape != losses.shape:
+                    raise ValueError(
+                        f"emit_sample_values({name}=...) needs one value per index, a tensor of "
+                        f"shape [{idx.shape[0]}]; got {tuple(v.shape)}"
+                    )
             total = (losses.float() * w).sum()
-            return total * scale, (total.detach(), losses.detach().float())
+            extra = {n: v.detach().float() for n, v in emitted.items()}
+            return total * scale, (total.detach(), losses.detach().float(), extra)
 
         detached = {n: p.detach() for n, p in zip(keys, params)}
-        grads, (sums, per) = torch.func.vmap(
+        grads, (sums, per, extra) = torch.func.vmap(
             torch.func.grad(cluster_sum, has_aux=True), in_dims=(None, 0, 0), randomness="different"
         )(detached, index, weight)
         # the real (unpadded) entries, chosen on the host from the counts: no synchronisation
@@ -495,9 +539,12 @@ class ClusterGradientEngine:
             torch.cat([r * width + torch.arange(counts[i]) for r, i in enumerate(present)]),
             index.device,
         )
-        sample.index_copy_(
-            0, index.reshape(-1)[valid].to(sample.device), per.reshape(-1)[valid].to(sample.device)
-        )
+        into = index.reshape(-1)[valid].to(sample.device)
+        sample.index_copy_(0, into, per.reshape(-1)[valid].to(sample.device))
+        values = {
+            n: torch.zeros_like(sample).index_copy_(0, into, v.reshape(-1)[valid].to(sample.device))
+            for n, v in extra.items()
+        }
         rows = to_device(torch.tensor(present), gb.data.device)
         flat = torch.cat([_flatten_like(grads[n], p).float() for n, p in zip(keys, params)], dim=1)
         gb.data[rows, : gb.size] = flat
@@ -505,6 +552,7 @@ class ClusterGradientEngine:
         gb.data[rows, gb.size + 1] = to_device(
             torch.tensor([float(counts[i]) for i in present]), gb.data.device
         )
+        return values
 
     def _non_finite(
         self,

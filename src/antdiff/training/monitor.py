@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..mtl.engine import emit_sample_values
 from .checkpoint import atomic_write_text
 
 __all__ = ["LossParts", "MetricsLog", "TensorBoardLog", "WindowStats", "json_safe"]
@@ -68,10 +69,12 @@ class LossParts:
     variance, ``λ·T·L_t`` (``vb``) for every sample of the step, so that a log line shows which
     part a cluster's loss is made of (``cluster_mse``, ``cluster_vb``). Samples are recorded as
     the step's ``compute_losses`` computes them, in place (no device synchronisation, no extra
-    forward pass); calls inside a ``torch.func`` transform (the engine's ``vmap`` mode) carry no
-    plain values and are skipped, so such steps add nothing and ``parts_counts`` says how many
-    samples each cluster's parts pool. A padding copy of the padded ``split`` engine is its
-    sample again and counts once (with dropout its values are another draw of that sample's).
+    forward pass). Inside a ``torch.func`` transform (the engine's ``vmap`` mode) the tensors
+    have no plain values: they go to the engine (``emit_sample_values``), which returns them with
+    the step in batch order (``StepResult.sample_values``), and the trainer records those.
+    ``parts_counts`` says how many samples each cluster's parts pool. A padding copy of the
+    padded ``split`` engine is its sample again and counts once (with dropout its values are
+    another draw of that sample's).
     """
 
     def __init__(self, batch_size: int, hybrid: bool, device: torch.device | str) -> None:
@@ -94,7 +97,10 @@ class LossParts:
         self, index: torch.Tensor | None, mse: torch.Tensor, vb: torch.Tensor | None
     ) -> None:
         """Keep the parts of the samples at ``index`` (all of the batch when None)."""
-        if not self.active or is_functorch_wrapped_tensor(mse):
+        if not self.active:
+            return
+        if is_functorch_wrapped_tensor(mse):  # a vmap pass: the engine hands them back
+            emit_sample_values(mse=mse, **({} if vb is None else {"vb": vb}))
             return
         sel: Any = slice(None) if index is None else index
         self.mse[sel] = mse.detach().float()

@@ -580,6 +580,9 @@ def _train(
                 cl_sum = res.cluster_losses * res.counts / world
                 cl_cnt = res.counts.float() / world
                 sample_losses = res.sample_losses
+                if loss_parts is not None and res.sample_values:  # a vmap pass's parts
+                    v = res.sample_values
+                    loss_parts.record(None, v["mse"], v.get("vb"))
                 weights, record, gn = res.weights, res.record, res.grad_norm
                 if scaler is not None:
                     scaler.unscale_(optimizer)
