@@ -300,8 +300,8 @@ def _training_section(w: _Writer, logs: dict[str, TrainingLog]) -> None:
         elif log.cluster_mse.size:  # logs of older code: vmap passes pooled no parts
             w.p(
                 "*No loss parts recorded: every step computed its losses inside the gradient "
-                "engine's `vmap` pass (`parts_counts` 0), which before the twenty-first session "
-                "kept none.*"
+                "engine's `vmap` pass (`parts_counts` 0), and the antdiff that wrote this log "
+                "did not yet bring them out of it (`emit_sample_values`).*"
             )
 
 
