@@ -569,13 +569,9 @@ def test_the_vmap_engine_logs_the_loss_parts_the_split_engine_logs(
     for key in ("cluster_mse", "cluster_vb", "bin_mse", "bin_vb", "cluster_losses"):
         a, b = np.array(vmap[key], dtype=float), np.array(split[key], dtype=float)
         np.testing.assert_allclose(a, b, rtol=1e-4, err_msg=key)
+    parts = np.array(vmap["cluster_mse"], dtype=float) + np.array(vmap["cluster_vb"], dtype=float)
+    logged = np.array(vmap["cluster_losses"], dtype=float)
     if not weighting:  # unweighted hybrid: the parts add up to the logged loss
-        parts = np.array(vmap["cluster_mse"], dtype=float) + np.array(
-            vmap["cluster_vb"], dtype=float
-        )
-        np.testing.assert_allclose(parts, np.array(vmap["cluster_losses"], dtype=float), rtol=1e-5)
+        np.testing.assert_allclose(parts, logged, rtol=1e-5)
     else:  # P2 weights the MSE term: the logged loss is below its unweighted parts' sum
-        total = np.array(vmap["cluster_mse"], dtype=float) + np.array(
-            vmap["cluster_vb"], dtype=float
-        )
-        assert (np.array(vmap["cluster_losses"], dtype=float) < total).all()
+        assert (logged < parts).all()
